@@ -91,6 +91,8 @@ def load(name: str, split: str = "test", n: int | None = None, seed: int = 0,
             + (f"did you mean {close}? " if close else "")
             + f"available: {names} (see modgap.data.available())"
         )
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n is not None and (not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if name in ("mnist", "sklearn-digits"):

@@ -1,0 +1,34 @@
+# The two commands of modgap's README: `make lab` and `make test`.
+# Both create .venv if it is missing and install modgap with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modgap-installed
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup lab test test-lib test-notebooks clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: test-lib test-notebooks
+
+test-lib: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-notebooks: $(STAMP)
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(PY) -m pytest --nbmake --nbmake-timeout=600 notebooks $(PYTEST_ARGS); \
+	else echo "no notebooks yet"; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache
