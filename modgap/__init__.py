@@ -1,7 +1,27 @@
-"""modgap: see, measure and close the modality gap of CLIP models."""
+"""modgap: see, measure and close the modality gap of CLIP models.
+
+    import modgap
+    clip = modgap.load_model("modgap-tiny")
+    pairs = modgap.data.load("shapes-pairs")
+    modgap.metrics.gap_report(clip.encode_images(pairs), clip.encode_texts(pairs.first_captions()))
+
+Modules: ``data`` (image and pair sets), ``metrics`` (gap figures), ``viz``
+(figures), ``adapt`` (ReCLIP, CLIP-Refine), ``widgets`` (notebook dashboards),
+``zoo`` (the bundled model).
+"""
+import importlib
+
 __version__ = "0.1.0"
 
-from . import data
+from . import data, metrics
 from .models import Clip, ModelLoadError, load_model, pick_device
 
-__all__ = ["Clip", "load_model", "ModelLoadError", "pick_device", "data", "__version__"]
+__all__ = ["Clip", "load_model", "ModelLoadError", "pick_device", "data", "metrics", "viz", "adapt",
+           "widgets", "zoo", "__version__"]
+
+
+def __getattr__(name):
+    # matplotlib, umap and ipywidgets load only when their modules are used
+    if name in ("viz", "adapt", "widgets", "zoo"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'modgap' has no attribute {name!r}")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +30,69 @@ def _h(*parts) -> str:
     return h.hexdigest()
 
 
-_model_fp: dict[int, tuple[tuple, str]] = {}
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 22
+# model -> (checksums of its tensors, fingerprint); entries go when the model does
+_model_fp: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A flat integer view of a tensor's bytes (0-d tensors included)."""
+    t = t.detach().reshape(-1)
+    if t.is_complex():
+        t = torch.view_as_real(t).reshape(-1)
+    if t.dtype == torch.bool:
+        return t.view(torch.uint8)
+    return t.view(_INT_OF_SIZE[t.element_size()])
+
+
+def _full_hash(state) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for k, v in state.items():
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}".encode())
+        if v.numel():
+            h.update(_bits(v).to("cpu").numpy())
+    return h.hexdigest()
+
+
+def _device_checksums(state) -> tuple:
+    """Exact integer sums of every tensor's bits, plain and weighted by
+    position, computed where the tensors live: a change to any value,
+    through ``.data`` or not, moves them."""
+    weights, sums = {}, []
+    for v in state.values():
+        b = _bits(v)
+        w = weights.get(b.device)
+        if w is None:
+            w = weights[b.device] = torch.arange(1, _CHUNK + 1, dtype=torch.int64, device=b.device)
+        weighted = torch.zeros((), dtype=torch.int64, device=b.device)
+        for i in range(0, b.numel(), _CHUNK):
+            c = b[i:i + _CHUNK]
+            weighted += (c.to(torch.int64) * w[:c.numel()]).sum()
+        sums.append(torch.stack([b.sum(dtype=torch.int64), weighted]).cpu())
+    return tuple(torch.cat(sums).tolist()) if sums else ()
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer. Recomputed only when a tensor
-    was modified in place (its version counter moved) or replaced."""
+    """A hash of the name, dtype, shape and bytes of every parameter and buffer.
+
+    Weights in CPU memory are hashed on every call (hashing is faster there
+    than any cheaper check). Weights on an accelerator are summed on the
+    device first, and hashed again only when those sums moved, so a cache
+    hit does not copy the whole model to the host.
+    """
     state = model.state_dict()
-    sig = tuple((k, v.data_ptr(), v._version) for k, v in state.items())
-    hit = _model_fp.get(id(model))
+    if all(v.device.type == "cpu" for v in state.values()):
+        return _full_hash(state)
+    try:
+        sig = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in state.items()), _device_checksums(state))
+    except (RuntimeError, TypeError):  # an int64 reduction the device lacks: hash every time
+        return _full_hash(state)
+    hit = _model_fp.get(model)
     if hit is not None and hit[0] == sig:
         return hit[1]
-    h = hashlib.blake2b(digest_size=20)
-    for k, v in state.items():
-        h.update(k.encode())
-        t = v.detach().to("cpu").contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    fp = h.hexdigest()
-    _model_fp[id(model)] = (sig, fp)
+    fp = _full_hash(state)
+    _model_fp[model] = (sig, fp)
     return fp
 
 
@@ -57,8 +102,7 @@ def fingerprint_inputs(kind: str, items) -> str:
     if kind == "uint8":
         return _h(kind, items.shape, memoryview(np.ascontiguousarray(items)).cast("B"))
     if kind == "tensor":
-        t = items.detach().to("cpu").contiguous()
-        return _h(kind, tuple(t.shape), str(t.dtype), t.view(torch.uint8).numpy().tobytes())
+        return _h(kind, tuple(items.shape), str(items.dtype), memoryview(_bits(items).to("cpu").numpy()))
     if kind == "pil":
         h = hashlib.blake2b(digest_size=20)
         for im in items:

@@ -67,7 +67,21 @@ def fast_path_ok(preprocess, image_size, hw) -> bool:
             return False
         if name == "Resize" and getattr(t, "max_size", None) is not None:
             return False
+        if name in ("Resize", "CenterCrop") and not _same_size(getattr(t, "size", None), hw):
+            return False
     return True
+
+
+def _same_size(size, hw) -> bool:
+    """Whether a torchvision ``size`` (an int for the shorter edge, or
+    ``(h, w)``) leaves a ``hw`` image as it is."""
+    if isinstance(size, int):
+        return min(hw) == size and hw[0] == hw[1]
+    if isinstance(size, (list, tuple)):
+        if len(size) == 1:
+            return min(hw) == size[0] and hw[0] == hw[1]
+        return tuple(size) == tuple(hw)
+    return False
 
 
 def image_inputs(images):

@@ -1,20 +1,798 @@
-"""Modality-gap metrics (being filled in)."""
+"""Modality-gap metrics: how far apart, how aligned, how separable, and how
+useful the image and text embeddings of a CLIP model are.
+
+Every function takes plain arrays ``[N, D]`` (numpy arrays or torch tensors,
+on any device) and returns Python floats, numpy arrays or pandas objects.
+Embeddings are L2-normalised inside a function wherever its definition lives
+on the unit sphere, so raw and normalised inputs give the same figure. Work
+is done in float64 on the CPU, so the figures are deterministic.
+
+Two distances between the modality centroids are provided and named apart:
+
+* :func:`centroid_distance`, the *gap distance* of Liang et al. (2022),
+  ``||c_I - c_T||_2`` with ``c`` the mean of the normalised embeddings;
+* :func:`centroid_mse`, the figure CLIP-Refine's code logs (Yamaguchi et al.,
+  2025), ``||c_I - c_T||^2 / D``.
+
+Bad input (empty arrays, NaN or infinite entries, rows of zero norm,
+dimension or pair-count mismatches, fewer than two classes) raises a
+``ValueError`` that names the argument, never a silent NaN.
+
+References
+----------
+Liang, Zhang, Kwon, Yeung, Zou. "Mind the Gap: Understanding the Modality
+Gap in Multi-modal Contrastive Representation Learning". NeurIPS 2022.
+Yamaguchi et al. "Post-pre-training for Modality Alignment in
+Vision-Language Foundation Models" (CLIP-Refine). CVPR 2025, arXiv 2504.12717.
+Wang, Isola. "Understanding Contrastive Representation Learning through
+Alignment and Uniformity on the Hypersphere". ICML 2020.
+Roy, Vetterli. "The effective rank: A measure of effective dimensionality".
+EUSIPCO 2007.
+"""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from numbers import Integral, Real
+
 import numpy as np
+import pandas as pd
 import torch
 
+__all__ = [
+    "alignment",
+    "centroid_distance",
+    "centroid_mse",
+    "effective_rank",
+    "gap_report",
+    "gap_vector",
+    "linear_separability",
+    "paired_cosine",
+    "relative_gap",
+    "retrieval_recall",
+    "shift_along_gap",
+    "spectrum",
+    "uniformity",
+    "unpaired_cosine",
+    "zero_shot_accuracy",
+    "zero_shot_predict",
+]
 
-def _t(x):
-    return x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
+# rows x columns of one block of a similarity matrix held in memory at once
+_BLOCK = 1 << 22
+
+
+# -- input checks --------------------------------------------------------------
+def _as_matrix(x, name: str, min_rows: int = 1) -> np.ndarray:
+    """``x`` as a finite float64 array ``[N, D]`` with at least ``min_rows`` rows."""
+    if x is None:
+        raise ValueError(f"{name} is None; pass an array of embeddings of shape [N, D]")
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().to("cpu", torch.float64).numpy()
+    else:
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a numeric array [N, D]: {err}") from None
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array [N, D] of embeddings, got shape {tuple(arr.shape)}"
+            + ("; for a single embedding use x[None, :]" if arr.ndim == 1 else "")
+        )
+    n, d = arr.shape
+    if n == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)}); pass at least one embedding")
+    if d == 0:
+        raise ValueError(f"{name} has zero dimensions (shape {tuple(arr.shape)})")
+    if n < min_rows:
+        raise ValueError(f"{name} has {n} row(s); this figure needs at least {min_rows}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0, 0])
+        raise ValueError(
+            f"{name} has NaN or infinite entries (first in row {row}); "
+            "drop or re-embed those rows before measuring"
+        )
+    return arr
+
+
+def _unit(x: np.ndarray, name: str) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = np.flatnonzero(norms[:, 0] == 0)
+    if bad.size:
+        raise ValueError(
+            f"{name} has {bad.size} row(s) of zero norm (first: row {int(bad[0])}), "
+            "which cannot be normalised; drop them"
+        )
+    return x / norms
+
+
+def _same_dim(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{name_a} has dimension {a.shape[1]} but {name_b} has dimension {b.shape[1]}; "
+            "both must come from the same model's embedding space"
+        )
+
+
+def _pair_index(n_images: int, n_texts: int, text_to_image, name: str = "text_to_image") -> np.ndarray:
+    """For each text, the index of its image; one-to-one when ``text_to_image`` is None."""
+    if text_to_image is None:
+        if n_images != n_texts:
+            raise ValueError(
+                f"image_emb has {n_images} rows but text_emb has {n_texts}: paired figures need "
+                "one text per image, or pass text_to_image saying which image each text belongs to"
+            )
+        return np.arange(n_texts)
+    idx = _as_int_array(text_to_image, name)
+    if idx.shape != (n_texts,):
+        raise ValueError(f"{name} must have one entry per row of text_emb ({n_texts}), got shape {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n_images):
+        raise ValueError(f"{name} holds image indices outside 0..{n_images - 1}")
+    return idx
+
+
+def _as_int_array(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of integers, got shape {arr.shape}")
+    integral = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.number) and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))
+    )
+    if arr.size and not integral:
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _check_labels(labels, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
+    if labels is None:
+        raise ValueError(f"{name} is None; pass the class index of every image")
+    lab = _as_int_array(labels, name)
+    if lab.shape != (n,):
+        raise ValueError(f"{name} must have one entry per image ({n}), got shape {lab.shape}")
+    if lab.min() < 0 or lab.max() >= n_classes:
+        raise ValueError(
+            f"{name} holds class indices outside 0..{n_classes - 1} (class_emb has {n_classes} rows)"
+        )
+    return lab
+
+
+def _check_class_emb(class_emb, image: np.ndarray) -> np.ndarray:
+    cls = _as_matrix(class_emb, "class_emb")
+    if cls.shape[0] < 2:
+        raise ValueError(
+            "class_emb has a single class; zero-shot classification needs at least two class embeddings"
+        )
+    _same_dim(image, cls, "image_emb", "class_emb")
+    return _unit(cls, "class_emb")
+
+
+def _rng(random_state) -> np.random.Generator:
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is not None and not isinstance(random_state, Integral):
+        raise ValueError(f"random_state must be an int, a numpy Generator or None, got {random_state!r}")
+    return np.random.default_rng(random_state)
+
+
+def _subsample(x: np.ndarray, sample_size, rng: np.random.Generator, name: str = "sample_size"):
+    if sample_size is None:
+        return x
+    if not isinstance(sample_size, Integral) or sample_size < 2:
+        raise ValueError(f"{name} must be an integer >= 2 or None, got {sample_size!r}")
+    if x.shape[0] <= sample_size:
+        return x
+    return x[np.sort(rng.choice(x.shape[0], size=int(sample_size), replace=False))]
+
+
+def _pair(image_emb, text_emb) -> tuple[np.ndarray, np.ndarray]:
+    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    txt = _unit(_as_matrix(text_emb, "text_emb"), "text_emb")
+    _same_dim(img, txt, "image_emb", "text_emb")
+    return img, txt
+
+
+# -- centroid figures -------------------------------------------------------------
+def _centroid_gap(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+    return img.mean(axis=0) - txt.mean(axis=0)
 
 
 def centroid_distance(image_emb, text_emb) -> float:
-    i = torch.nn.functional.normalize(_t(image_emb), dim=-1).mean(0)
-    t = torch.nn.functional.normalize(_t(text_emb), dim=-1).mean(0)
-    return float((i - t).norm())
+    """Gap distance of Liang et al. (2022): ``|| mean(norm(img)) - mean(norm(txt)) ||_2``.
+
+    The two sets need not have the same number of rows. 0 means the two
+    centroids coincide; the largest possible value is 2 (each modality
+    collapsed onto one point, the two points antipodal). Liang et al. report
+    about 0.82 for CLIP ViT-B/32 on COCO val captions.
+
+    See :func:`centroid_mse` for the squared, per-dimension form that
+    CLIP-Refine's code logs.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 3 ("gap distance").
+    """
+    img, txt = _pair(image_emb, text_emb)
+    return float(np.linalg.norm(_centroid_gap(img, txt)))
+
+
+def centroid_mse(image_emb, text_emb) -> float:
+    """``||c_I - c_T||^2 / D``: the mean squared difference of the centroids
+    of the normalised embeddings, as CLIP-Refine's code reports the gap.
+
+    Equal to ``centroid_distance(...) ** 2 / D``; it depends on the
+    embedding width D, so compare it only between models of the same width.
+
+    References
+    ----------
+    Yamaguchi et al., "Post-pre-training for Modality Alignment in
+    Vision-Language Foundation Models", CVPR 2025 (code: yshinya6/clip-refine).
+    """
+    img, txt = _pair(image_emb, text_emb)
+    gap = _centroid_gap(img, txt)
+    return float(gap @ gap / gap.size)
+
+
+def gap_vector(image_emb, text_emb):
+    """The unit gap direction ``g = (c_I - c_T) / ||c_I - c_T||``.
+
+    It points **from the text centroid to the image centroid**: adding
+    ``g`` to a text embedding moves it toward the images. Returned as a
+    float32 torch tensor ``[D]`` on ``image_emb``'s device when
+    ``image_emb`` is a tensor, otherwise as a float64 numpy array ``[D]``.
+
+    Raises ``ValueError`` when the two centroids coincide, for then the
+    direction is undefined.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3 (the shifting
+    experiment moves embeddings along this direction).
+    """
+    img, txt = _pair(image_emb, text_emb)
+    g = _unit_gap(img, txt)
+    if isinstance(image_emb, torch.Tensor):
+        return torch.from_numpy(g.astype(np.float32)).to(image_emb.device)
+    return g
+
+
+def _unit_gap(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+    gap = _centroid_gap(img, txt)
+    norm = np.linalg.norm(gap)
+    if norm <= 1e-12:
+        raise ValueError(
+            "image_emb and text_emb have the same centroid, so the gap direction is undefined; "
+            "pass a direction explicitly"
+        )
+    return gap / norm
+
+
+def relative_gap(image_emb, text_emb) -> float:
+    """Share of the variance of the pooled normalised embeddings that the
+    modality explains: a scale-free gap figure in [0, 1].
+
+    With both modalities weighted equally, the total variance of the pooled
+    set splits into a between-modality part ``||c_I - c_T||^2 / 4`` and a
+    within-modality part ``(tr S_I + tr S_T) / 2`` (``S`` the population
+    covariance of each normalised set). This returns
+
+        between / (between + within),
+
+    the multivariate correlation ratio eta^2 (Pearson 1905; the trace form
+    of Fisher's between/within decomposition). 0 means the centroids
+    coincide; 1 means each modality is a single point. Unlike
+    :func:`centroid_distance`, it does not grow merely because the
+    embeddings of each modality are more concentrated; it tells how large
+    the gap is relative to the spread of the clouds.
+
+    References
+    ----------
+    Pearson, "On the general theory of skew correlation and non-linear
+    regression", Drapers' Company Research Memoirs, 1905 (correlation ratio).
+    Fisher, "The use of multiple measurements in taxonomic problems", Annals
+    of Eugenics 7(2), 1936 (between- and within-group scatter).
+    """
+    img, txt = _pair(image_emb, text_emb)
+    return _relative_gap(img, txt)
+
+
+def _relative_gap(img: np.ndarray, txt: np.ndarray) -> float:
+    gap = _centroid_gap(img, txt)
+    between = float(gap @ gap) / 4.0
+    within = 0.5 * (img.var(axis=0).sum() + txt.var(axis=0).sum())
+    total = between + within
+    if total <= 1e-15:
+        raise ValueError("image_emb and text_emb are all the same point; relative_gap is undefined")
+    return float(between / total)
+
+
+# -- pair figures -------------------------------------------------------------------
+def paired_cosine(image_emb, text_emb, text_to_image=None) -> float:
+    """Mean cosine similarity of matched (image, text) pairs.
+
+    Pairs are row ``i`` with row ``i`` or, when ``text_to_image`` is given
+    (one image index per text row, for several captions per image), text
+    ``j`` with image ``text_to_image[j]``. Compare with
+    :func:`unpaired_cosine`: the gap shows as both being far below 1.
+
+    References
+    ----------
+    Radford et al., "Learning Transferable Visual Models From Natural
+    Language Supervision" (CLIP), ICML 2021 (cosine similarity of pairs).
+    """
+    img, txt = _pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    return float(np.einsum("ij,ij->i", img[idx], txt).mean())
+
+
+def unpaired_cosine(image_emb, text_emb, text_to_image=None) -> float:
+    """Mean cosine similarity of every (image, text) combination that is not
+    a matched pair (see :func:`paired_cosine` for the pairing).
+
+    Computed exactly, without the full similarity matrix, from
+    ``sum_ij <x_i, y_j> = <sum_i x_i, sum_j y_j>``.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022 (the cosine similarity of
+    mismatched pairs stays well above 0 in CLIP: the cone effect).
+    """
+    img, txt = _pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    n_unmatched = len(img) * len(txt) - len(txt)
+    if n_unmatched == 0:
+        raise ValueError("image_emb has a single row, so there are no unmatched pairs; pass more images")
+    total = float(img.sum(axis=0) @ txt.sum(axis=0))
+    matched = float(np.einsum("ij,ij->i", img[idx], txt).sum())
+    return (total - matched) / n_unmatched
+
+
+def alignment(image_emb, text_emb, alpha: float = 2.0, text_to_image=None) -> float:
+    """Alignment loss of Wang & Isola (2020): ``E ||x - y||^alpha`` over
+    matched pairs of normalised embeddings (lower is better aligned).
+
+    For unit vectors and ``alpha=2`` this equals ``2 - 2 * paired_cosine``.
+
+    References
+    ----------
+    Wang, Isola, "Understanding Contrastive Representation Learning through
+    Alignment and Uniformity on the Hypersphere", ICML 2020, Eq. (2).
+    """
+    if not isinstance(alpha, Real) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    img, txt = _pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    return float((np.linalg.norm(img[idx] - txt, axis=1) ** alpha).mean())
+
+
+def uniformity(emb, t: float = 2.0, sample_size: int | None = None, random_state=0) -> float:
+    """Uniformity loss of Wang & Isola (2020):
+    ``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` over normalised embeddings.
+
+    More negative is more uniform on the sphere; ``-4t`` is the floor for two
+    antipodal points and ``0`` means every row is the same point.
+
+    Parameters
+    ----------
+    emb : array [N, D], N >= 2
+    t : float, default 2
+    sample_size : int or None
+        Use this many rows drawn without replacement (seeded by
+        ``random_state``) instead of all N; the cost is O(N^2 D).
+    random_state : int, numpy Generator or None
+
+    References
+    ----------
+    Wang, Isola, ICML 2020, Eq. (3).
+    """
+    if not isinstance(t, Real) or not t > 0:
+        raise ValueError(f"t must be a positive number, got {t!r}")
+    x = _unit(_as_matrix(emb, "emb", min_rows=2), "emb")
+    x = _subsample(x, sample_size, _rng(random_state))
+    return _uniformity(x, float(t))
+
+
+def _uniformity(x: np.ndarray, t: float) -> float:
+    n = len(x)
+    rows = max(1, _BLOCK // n)
+    parts = []
+    for start in range(0, n - 1, rows):
+        stop = min(start + rows, n - 1)
+        sq = np.clip(2.0 - 2.0 * (x[start:stop] @ x.T), 0.0, 4.0)
+        upper = np.arange(n)[None, :] > np.arange(start, stop)[:, None]
+        v = -t * sq[upper]
+        m = v.max()
+        parts.append(m + np.log(np.exp(v - m).sum()))
+    parts = np.asarray(parts)
+    m = parts.max()
+    log_sum = m + np.log(np.exp(parts - m).sum())
+    return float(log_sum - np.log(n * (n - 1) / 2.0))
+
+
+def linear_separability(image_emb, text_emb, test_size: float = 0.25, C: float = 1.0,
+                        sample_size: int | None = None, random_state=0) -> float:
+    """Held-out accuracy of a logistic regression that tells normalised image
+    embeddings from normalised text embeddings.
+
+    0.5 (with equal counts) means the modalities cannot be told apart by a
+    hyperplane; 1.0 means a clean split. The split is stratified and
+    seeded, and the fit is deterministic.
+
+    Parameters
+    ----------
+    test_size : float in (0, 1)
+        Held-out share of each modality.
+    C : float
+        Inverse L2 strength of scikit-learn's ``LogisticRegression``.
+    sample_size : int or None
+        At most this many rows of each modality (drawn with the seed).
+    random_state : int
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022 (a linear classifier tells
+    the modalities apart perfectly); Shi et al., "Towards Understanding the
+    Modality Gap in CLIP", ICLR 2023 workshop; scikit-learn's
+    ``LogisticRegression``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    if not isinstance(test_size, Real) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    if not isinstance(C, Real) or not C > 0:
+        raise ValueError(f"C must be a positive number, got {C!r}")
+    if random_state is not None and not isinstance(random_state, Integral):
+        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    img, txt = _pair(image_emb, text_emb)
+    for x, name in ((img, "image_emb"), (txt, "text_emb")):
+        if len(x) < 4:
+            raise ValueError(f"{name} has {len(x)} rows; linear_separability needs at least 4 per modality")
+    rng = _rng(random_state)
+    img = _subsample(img, sample_size, rng)
+    txt = _subsample(txt, sample_size, rng)
+    X = np.vstack([img, txt])
+    y = np.r_[np.ones(len(img), dtype=np.int64), np.zeros(len(txt), dtype=np.int64)]
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=random_state)
+    clf = LogisticRegression(C=C, max_iter=2000)
+    clf.fit(X_tr, y_tr)
+    return float((clf.predict(X_te) == y_te).mean())
+
+
+# -- spectrum -----------------------------------------------------------------------
+def spectrum(emb, normalize: bool = True) -> np.ndarray:
+    """Eigenvalues of the covariance matrix of ``emb`` (``ddof=1``), largest
+    first, length D (zeros past rank N - 1).
+
+    Their decay shows how many directions the embeddings really use (the
+    "cone effect" is a fast decay). With ``normalize=True`` (default) the
+    rows are L2-normalised first. See :func:`effective_rank` for a single
+    number.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022 (cone effect); Jing et al.,
+    "Understanding Dimensional Collapse in Contrastive Self-supervised
+    Learning", ICLR 2022 (the singular-value spectrum plot).
+    """
+    x = _as_matrix(emb, "emb", min_rows=2)
+    if normalize:
+        x = _unit(x, "emb")
+    return _spectrum(x)
+
+
+def _spectrum(x: np.ndarray) -> np.ndarray:
+    xc = x - x.mean(axis=0)
+    s = np.linalg.svd(xc, compute_uv=False)
+    ev = np.zeros(x.shape[1])
+    ev[: len(s)] = s ** 2 / (len(x) - 1)
+    return ev
+
+
+def effective_rank(emb, normalize: bool = True) -> float:
+    """Effective rank of Roy & Vetterli (2007): ``exp(H(p))`` with ``p`` the
+    singular values of the centred data (square roots of :func:`spectrum`)
+    divided by their sum, and ``H`` the Shannon entropy.
+
+    It lies between 1 and ``min(N - 1, D)``; data spread evenly over k
+    orthogonal directions give exactly k.
+
+    References
+    ----------
+    Roy, Vetterli, "The effective rank: A measure of effective
+    dimensionality", EUSIPCO 2007, Def. 1.
+    """
+    x = _as_matrix(emb, "emb", min_rows=2)
+    if normalize:
+        x = _unit(x, "emb")
+    return _effective_rank(_spectrum(x))
+
+
+def _effective_rank(ev: np.ndarray) -> float:
+    s = np.sqrt(np.clip(ev, 0.0, None))
+    total = s.sum()
+    if total <= 1e-12:
+        raise ValueError("emb has no variance (every row is the same point); its effective rank is undefined")
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+# -- zero-shot and retrieval ------------------------------------------------------
+def zero_shot_predict(image_emb, class_emb) -> np.ndarray:
+    """CLIP zero-shot predictions: for each image the index of the class
+    embedding of highest cosine similarity (int64 array ``[N]``).
+
+    ``class_emb`` ``[C, D]``, C >= 2, is typically
+    :meth:`modgap.Clip.class_embeddings` (prompts averaged per class).
+
+    References
+    ----------
+    Radford et al., "Learning Transferable Visual Models From Natural
+    Language Supervision", ICML 2021, Sec. 3.1.2.
+    """
+    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    cls = _check_class_emb(class_emb, img)
+    return _predict(img, cls)
+
+
+def _predict(img: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    return np.argmax(img @ cls.T, axis=1).astype(np.int64)
 
 
 def zero_shot_accuracy(image_emb, class_emb, labels) -> float:
-    pred = (_t(image_emb) @ _t(class_emb).T).argmax(1).numpy()
-    return float((pred == np.asarray(labels)).mean())
+    """Share of images whose :func:`zero_shot_predict` class equals ``labels``.
+
+    ``labels`` holds a class index (a row of ``class_emb``) per image; a set
+    whose images all share one label is allowed, but ``class_emb`` needs at
+    least two rows.
+
+    References
+    ----------
+    Radford et al., ICML 2021, Sec. 3.1.2.
+    """
+    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    cls = _check_class_emb(class_emb, img)
+    lab = _check_labels(labels, len(img), len(cls))
+    return float((_predict(img, cls) == lab).mean())
+
+
+def _check_ks(k) -> tuple[int, ...]:
+    ks = (k,) if isinstance(k, Integral) else tuple(k)
+    if not ks or not all(isinstance(v, Integral) and v >= 1 for v in ks):
+        raise ValueError(f"k must be a positive integer or a sequence of them, got {k!r}")
+    return tuple(sorted({int(v) for v in ks}))
+
+
+def retrieval_recall(image_emb, text_emb, k=(1, 5, 10), text_to_image=None) -> dict[str, float]:
+    """Recall@k of cross-modal retrieval by cosine similarity, both ways.
+
+    * ``"i2t_R@k"`` (image to text): the share of images for which at least
+      one of their own texts is among the k most similar texts;
+    * ``"t2i_R@k"`` (text to image): the share of texts whose image is among
+      the k most similar images.
+
+    Pairs are row ``i`` with row ``i``, or given by ``text_to_image`` (one
+    image index per text, for several captions per image as in COCO); then
+    every image needs at least one text. Ties are counted against the query
+    (a wrong candidate scoring exactly as high as the right one ranks ahead
+    of it), so collapsed embeddings never score well. The similarity matrix
+    is computed in blocks, so large sets fit in memory.
+
+    References
+    ----------
+    Karpathy, Fei-Fei, "Deep Visual-Semantic Alignments for Generating Image
+    Descriptions", CVPR 2015 (R@k on COCO/Flickr with five captions per
+    image); Radford et al., ICML 2021, Table 13.
+    """
+    ks = _check_ks(k)
+    img, txt = _pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    return _retrieval(img, txt, idx, ks)
+
+
+def _retrieval(img: np.ndarray, txt: np.ndarray, idx: np.ndarray, ks) -> dict[str, float]:
+    n, m = len(img), len(txt)
+    counts = np.bincount(idx, minlength=n)
+    if (counts == 0).any():
+        raise ValueError(
+            f"text_to_image leaves {int((counts == 0).sum())} image(s) without a text "
+            f"(first: image {int(np.flatnonzero(counts == 0)[0])}); drop those images or add captions"
+        )
+    i2t_rank = np.empty(n, dtype=np.int64)
+    rows = max(1, _BLOCK // m)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        sim = img[start:stop] @ txt.T
+        own = idx[None, :] == np.arange(start, stop)[:, None]
+        best = np.where(own, sim, -np.inf).max(axis=1)
+        i2t_rank[start:stop] = ((sim >= best[:, None]) & ~own).sum(axis=1)
+    t2i_rank = np.empty(m, dtype=np.int64)
+    rows = max(1, _BLOCK // n)
+    for start in range(0, m, rows):
+        stop = min(start + rows, m)
+        sim = txt[start:stop] @ img.T
+        right = sim[np.arange(stop - start), idx[start:stop]]
+        t2i_rank[start:stop] = (sim >= right[:, None]).sum(axis=1) - 1
+    out = {}
+    for v in ks:
+        out[f"i2t_R@{v}"] = float((i2t_rank < v).mean())
+    for v in ks:
+        out[f"t2i_R@{v}"] = float((t2i_rank < v).mean())
+    return out
+
+
+# -- the embedding-shift experiment -------------------------------------------------
+def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -> pd.DataFrame:
+    """Mind the Gap's embedding-shift experiment on a zero-shot task.
+
+    For each ``delta``, with ``g`` the unit gap direction (pointing from
+    text to image):
+
+        text'  = normalize(text  + delta / 2 * g)
+        image' = normalize(image - delta / 2 * g)
+
+    and the zero-shot accuracy and the gap distance of the shifted
+    embeddings are recorded. Positive deltas move the modalities toward each
+    other (about ``delta = centroid_distance`` closes the gap), negative
+    deltas apart.
+
+    Parameters
+    ----------
+    image_emb : array [N, D]
+    class_emb : array [C, D], C >= 2
+        The text side: one embedding per class.
+    labels : int array [N]
+    deltas : sequence of float, default ``-5, -4.75, ..., 5`` (Liang et al.'s range)
+    direction : array [D] or None
+        The shift direction (normalised here). By default
+        :func:`gap_vector` of ``image_emb`` and ``class_emb``; Liang et al.
+        also use the direction measured on a paired caption set, e.g.
+        ``gap_vector(pair_images, pair_captions)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per delta, in the given order, with columns ``delta``,
+        ``accuracy``, ``centroid_distance`` (shifted images against shifted
+        class embeddings) and ``centroid_mse``.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3 and Table 1
+    (code: Weixin-Liang/Modality-Gap).
+    """
+    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    cls = _check_class_emb(class_emb, img)
+    lab = _check_labels(labels, len(img), len(cls))
+    if deltas is None:
+        deltas = np.linspace(-5.0, 5.0, 41)
+    deltas = np.atleast_1d(np.asarray(deltas, dtype=np.float64))
+    if deltas.ndim != 1 or deltas.size == 0:
+        raise ValueError("deltas must be a non-empty 1-D sequence of numbers")
+    if not np.isfinite(deltas).all():
+        raise ValueError("deltas has NaN or infinite entries")
+    if direction is None:
+        g = _unit_gap(img, cls)
+    else:
+        g = _as_vector(direction, "direction")
+        if g.size != img.shape[1]:
+            raise ValueError(f"direction has {g.size} entries but the embeddings have dimension {img.shape[1]}")
+        norm = np.linalg.norm(g)
+        if norm == 0:
+            raise ValueError("direction is the zero vector; pass a non-zero direction")
+        g = g / norm
+    rows = []
+    for d in deltas:
+        img_s = img - 0.5 * d * g
+        cls_s = cls + 0.5 * d * g
+        for x, what in ((img_s, "images"), (cls_s, "class embeddings")):
+            if (np.linalg.norm(x, axis=1) < 1e-12).any():
+                raise ValueError(
+                    f"delta={d:g} shifts some {what} onto the origin, where they cannot be normalised; "
+                    "leave that delta out"
+                )
+        img_s = img_s / np.linalg.norm(img_s, axis=1, keepdims=True)
+        cls_s = cls_s / np.linalg.norm(cls_s, axis=1, keepdims=True)
+        gap = _centroid_gap(img_s, cls_s)
+        rows.append({
+            "delta": float(d),
+            "accuracy": float((_predict(img_s, cls_s) == lab).mean()),
+            "centroid_distance": float(np.linalg.norm(gap)),
+            "centroid_mse": float(gap @ gap / gap.size),
+        })
+    return pd.DataFrame(rows, columns=["delta", "accuracy", "centroid_distance", "centroid_mse"])
+
+
+def _as_vector(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array [D], got shape {arr.shape}")
+    return _as_matrix(arr[None, :], name)[0]
+
+
+# -- all at once ---------------------------------------------------------------------
+def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, labels=None,
+               zero_shot_image_emb=None, name: str = "model", k: Sequence[int] = (1, 5, 10),
+               sample_size: int | None = 5000, random_state=0) -> pd.Series:
+    """Every gap figure of this module for one model, as a pandas Series.
+
+    Reports from several models line up into a comparison table:
+    ``pd.DataFrame([gap_report(i1, t1, name="CLIP"), gap_report(i2, t2, name="CLIP-Refine")])``
+    (rows are models).
+
+    Parameters
+    ----------
+    image_emb, text_emb : arrays [N, D] and [M, D]
+        A paired set: row i with row i, or as given by ``text_to_image``.
+    text_to_image : int array [M] or None
+        For several captions per image, the image index of every text.
+    class_emb, labels : optional, together
+        A zero-shot task (class embeddings [C, D] and the class index of each
+        image); adds ``zero_shot_accuracy``.
+    zero_shot_image_emb : array or None
+        The images ``labels`` refers to, when they are not ``image_emb``.
+    name : str
+        The Series name (the row label in a comparison table).
+    k : recall cut-offs for :func:`retrieval_recall`.
+    sample_size : int or None
+        Rows per modality used by :func:`uniformity` and
+        :func:`linear_separability` (both cost more than linear time).
+    random_state : int
+
+    Returns
+    -------
+    pandas.Series
+        ``n_images, n_texts, dim, centroid_distance, centroid_mse,
+        relative_gap, paired_cosine, unpaired_cosine, alignment,
+        uniformity_image, uniformity_text, linear_separability,
+        effective_rank_image, effective_rank_text``, then ``i2t_R@k`` and
+        ``t2i_R@k`` for each k, then ``zero_shot_accuracy`` when a task is
+        given. ``centroid_distance`` is Liang et al.'s gap distance and
+        ``centroid_mse`` is CLIP-Refine's logged form (see those functions).
+
+    References
+    ----------
+    See the functions named by each entry.
+    """
+    if (class_emb is None) != (labels is None):
+        raise ValueError("class_emb and labels go together: pass both for zero-shot accuracy, or neither")
+    if zero_shot_image_emb is not None and class_emb is None:
+        raise ValueError("zero_shot_image_emb needs class_emb and labels")
+    ks = _check_ks(k)
+    img, txt = _pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    for x, nm in ((img, "image_emb"), (txt, "text_emb")):
+        if len(x) < 4:
+            raise ValueError(f"{nm} has {len(x)} rows; gap_report needs at least 4 per modality")
+    gap = _centroid_gap(img, txt)
+    matched = np.einsum("ij,ij->i", img[idx], txt)
+    n_unmatched = len(img) * len(txt) - len(txt)
+    out = {
+        "n_images": float(len(img)),
+        "n_texts": float(len(txt)),
+        "dim": float(img.shape[1]),
+        "centroid_distance": float(np.linalg.norm(gap)),
+        "centroid_mse": float(gap @ gap / gap.size),
+        "relative_gap": _relative_gap(img, txt),
+        "paired_cosine": float(matched.mean()),
+        "unpaired_cosine": (float(img.sum(axis=0) @ txt.sum(axis=0)) - float(matched.sum())) / n_unmatched,
+        "alignment": float((np.linalg.norm(img[idx] - txt, axis=1) ** 2).mean()),
+        "uniformity_image": _uniformity(_subsample(img, sample_size, _rng(random_state)), 2.0),
+        "uniformity_text": _uniformity(_subsample(txt, sample_size, _rng(random_state)), 2.0),
+        "linear_separability": linear_separability(img, txt, sample_size=sample_size,
+                                                   random_state=random_state),
+        "effective_rank_image": _effective_rank(_spectrum(img)),
+        "effective_rank_text": _effective_rank(_spectrum(txt)),
+    }
+    out.update(_retrieval(img, txt, idx, ks))
+    if class_emb is not None:
+        zs = img if zero_shot_image_emb is None else _unit(
+            _as_matrix(zero_shot_image_emb, "zero_shot_image_emb"), "zero_shot_image_emb")
+        _same_dim(img, zs, "image_emb", "zero_shot_image_emb")
+        cls = _check_class_emb(class_emb, zs)
+        lab = _check_labels(labels, len(zs), len(cls))
+        out["zero_shot_accuracy"] = float((_predict(zs, cls) == lab).mean())
+    return pd.Series(out, name=name, dtype=np.float64)

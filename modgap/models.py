@@ -77,27 +77,44 @@ def parse_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | Non
     return "open_clip", arch, pretrained
 
 
-def offline_models() -> list[str]:
+def offline_models(weights_cache_dir=None) -> list[str]:
     """Specs that load on this machine with no network: the bundled models
-    and open_clip models found in the Hugging Face cache."""
+    and open_clip models found in the Hugging Face cache (and in
+    ``weights_cache_dir``, where one is given)."""
     from .zoo import BUNDLED, weights_path
 
     found = [n for n in BUNDLED if weights_path(n).exists()]
+    folders = [_hub_cache()] + ([str(weights_cache_dir)] if weights_cache_dir is not None else [])
     try:
         from huggingface_hub import scan_cache_dir
-
-        for repo in scan_cache_dir().repos:
+    except ImportError:
+        return found
+    for folder in folders:
+        try:
+            repos = scan_cache_dir(folder).repos
+        except Exception:  # no such folder, or not a Hugging Face cache
+            continue
+        for repo in sorted(repos, key=lambda r: r.repo_id):
             files = {f.file_name for rev in repo.revisions for f in rev.files}
-            if "open_clip_config.json" in files:
+            if "open_clip_config.json" in files and f"hf-hub:{repo.repo_id}" not in found:
                 found.append(f"hf-hub:{repo.repo_id}")
-    except Exception:  # no cache folder, or an older huggingface_hub
-        pass
     return found
 
 
+def _hub_cache() -> str:
+    """The folder huggingface_hub reads and writes (it reads HF_HOME and
+    HF_HUB_CACHE when it is imported)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:
+        hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+        return os.environ.get("HF_HUB_CACHE", os.path.join(hf_home, "hub"))
+
+
 def _offline_help(spec: str, err: Exception, weights_cache_dir) -> str:
-    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    hub_cache = os.environ.get("HF_HUB_CACHE", os.path.join(hf_home, "hub"))
+    hub_cache = _hub_cache()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return (
         f"could not load model {spec!r}: the weights could not be fetched or read "
@@ -108,7 +125,7 @@ def _offline_help(spec: str, err: Exception, weights_cache_dir) -> str:
         + "); HF_HUB_OFFLINE=1 makes them use only that cache.\n"
         "  - to use a file you already have: load_model('ARCH:/path/to/weights.pt') "
         "(or .safetensors), or load_model('local-dir:/path/to/folder').\n"
-        f"  - models that load offline on this machine: {offline_models()}"
+        f"  - models that load offline on this machine: {offline_models(weights_cache_dir)}"
     )
 
 
@@ -190,14 +207,34 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
                 name, pretrained=tag, cache_dir=weights_cache_dir, **kwargs
             )
         except (RuntimeError, OSError, ConnectionError, TimeoutError, ValueError) as e:
-            if tag is None or _looks_like_path(tag):
+            if tag is None:
                 raise
+            if _looks_like_path(tag):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(
+                    f"load_model({label!r}): weights file {tag} does not fit architecture {name} "
+                    f"({type(e).__name__}: {first[:300]})"
+                ) from e
             raise ModelLoadError(_offline_help(label, e, weights_cache_dir)) from e
         return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir)
 
     full = f"{schema}:{name}"
-    if schema == "local-dir" and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"load_model({full!r}): folder {name} does not exist")
+    if schema == "local-dir":
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"load_model({full!r}): folder {name} does not exist")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelLoadError(
+                f"load_model({full!r}): {folder} has no open_clip_config.json "
+                '({"model_cfg": ..., "preprocess_cfg": ...})'
+            )
+        if not any(next(folder.glob(f"*{ext}"), None) for ext in (".safetensors", ".bin", ".pth")):
+            raise ModelLoadError(
+                f"load_model({full!r}): {folder} has no weights file; open_clip looks for "
+                "open_clip_model.safetensors (or another .safetensors, .bin or .pth file) beside "
+                "open_clip_config.json"
+            )
+        full = f"local-dir:{folder}"
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             full, cache_dir=weights_cache_dir, **kwargs
@@ -292,29 +329,40 @@ class Clip:
         return self._cache
 
     # -- images ----------------------------------------------------------
+    def _image_dtype(self) -> torch.dtype:
+        """The dtype the image tower takes: bf16 or fp16 where the model was
+        loaded at that precision, else fp32."""
+        dtypes = {p.dtype for p in self.model.visual.parameters() if p.is_floating_point()}
+        for low in (torch.bfloat16, torch.float16):
+            if low in dtypes:
+                return low
+        return torch.float32
+
     def _image_batches(self, kind, items, batch_size):
         """Yield preprocessed float batches on the device."""
+        dtype = self._image_dtype()
         if kind == "tensor":
             for i in range(0, len(items), batch_size):
-                yield items[i:i + batch_size].to(self.device, non_blocking=True)
+                yield items[i:i + batch_size].to(self.device, dtype, non_blocking=True)
             return
         if kind == "uint8":
             stats = _embed.normalize_stats(self.preprocess)
             if _embed.fast_path_ok(self.preprocess, self.image_size, items.shape[1:3]):
                 for i in range(0, len(items), batch_size):
-                    yield _embed.pixels_to_tensor(items[i:i + batch_size], *stats, device=self.device)
+                    yield _embed.pixels_to_tensor(items[i:i + batch_size], *stats, device=self.device).to(dtype)
                 return
             from PIL import Image
 
             for i in range(0, len(items), batch_size):
                 chunk = [self.preprocess(Image.fromarray(a)) for a in items[i:i + batch_size]]
-                yield torch.stack(chunk).to(self.device)
+                yield torch.stack(chunk).to(self.device, dtype)
             return
         # PIL images (file paths are decoded to PIL first)
         for i in range(0, len(items), batch_size):
-            yield torch.stack([self.preprocess(im.convert("RGB")) for im in items[i:i + batch_size]]).to(self.device)
+            chunk = [self.preprocess(im.convert("RGB")) for im in items[i:i + batch_size]]
+            yield torch.stack(chunk).to(self.device, dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _encode(self, fn, batches, n, progress, desc):
         from tqdm.auto import tqdm
 

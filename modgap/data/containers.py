@@ -33,6 +33,26 @@ def _check_images(images, name: str):
     )
 
 
+def _check_labels(labels, n: int, classnames, name: str, source) -> np.ndarray:
+    """Labels as int64 indices into ``classnames``; an error names the first
+    label outside the class list."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"{name}: labels has shape {labels.shape}, expected ({n},)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
+    bad = (labels < 0) | (labels >= len(classnames))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            name
+            + (f" ({source})" if source else "")
+            + f": label {int(labels[i])} at index {i} is outside the class list "
+            f"of {len(classnames)} classes {list(classnames)[:10]}"
+        )
+    return labels.astype(np.int64)
+
+
 def _take(images, idx: np.ndarray):
     if isinstance(images, np.ndarray):
         return images[idx]
@@ -79,23 +99,7 @@ class ImageSet:
             if "{}" not in t:
                 raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
         if self.labels is not None:
-            labels = np.asarray(self.labels)
-            if labels.shape != (n,):
-                raise ValueError(
-                    f"ImageSet {self.name!r}: labels has shape {labels.shape}, expected ({n},)"
-                )
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"ImageSet {self.name!r}: labels must be integers")
-            bad = (labels < 0) | (labels >= len(self.classnames))
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"ImageSet {self.name!r}"
-                    + (f" ({self.source})" if self.source else "")
-                    + f": label {int(labels[i])} at index {i} is outside the class list "
-                    f"of {len(self.classnames)} classes {self.classnames[:10]}"
-                )
-            self.labels = labels.astype(np.int64)
+            self.labels = _check_labels(self.labels, n, self.classnames, f"ImageSet {self.name!r}", self.source)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,9 +120,9 @@ class ImageSet:
 
     def subset(self, index) -> "ImageSet":
         """A new set holding the images at ``index`` (ints, a slice or a mask)."""
-        idx = np.arange(len(self))[index]
+        idx = np.atleast_1d(np.arange(len(self))[index])
         return ImageSet(
-            images=_take(self.images, np.atleast_1d(idx)),
+            images=_take(self.images, idx),
             labels=None if self.labels is None else self.labels[idx],
             classnames=self.classnames,
             templates=self.templates,
@@ -177,8 +181,10 @@ class PairSet:
             if not c:
                 raise ValueError(f"PairSet {self.name!r}: image {i} has no caption")
         self.captions = caps
+        self.classnames = list(self.classnames)
+        self.templates = list(self.templates)
         if self.labels is not None:
-            self.labels = np.asarray(self.labels, dtype=np.int64)
+            self.labels = _check_labels(self.labels, n, self.classnames, f"PairSet {self.name!r}", self.source)
 
     def __len__(self) -> int:
         return len(self.images)

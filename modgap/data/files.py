@@ -117,7 +117,8 @@ def _pairs_from_rows(rows, file: Path, image_root, name):
 
 def from_captions(file, image_root=None, image_column: str = "image",
                   caption_column: str = "caption", name: str | None = None) -> PairSet:
-    """A :class:`PairSet` from a CSV or JSONL file of image path + caption.
+    """A :class:`PairSet` from a CSV, TSV, JSONL or JSON (a list of objects)
+    file of image path + caption.
 
     Rows that share an image path give that image several captions. Relative
     paths are read from ``image_root`` (default: the file's folder).
@@ -126,7 +127,22 @@ def from_captions(file, image_root=None, image_column: str = "image",
     if not file.is_file():
         raise FileNotFoundError(f"from_captions: caption file {file} does not exist")
     rows = []
-    if file.suffix.lower() in (".jsonl", ".json"):
+    if file.suffix.lower() == ".json":
+        with open(file, encoding="utf-8") as fh:
+            try:
+                records = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file} is not valid JSON ({e.msg}); a .json caption file holds a list "
+                                 "of objects (use .jsonl for one object a line)") from None
+        if isinstance(records, dict) and "annotations" in records:
+            raise ValueError(f"{file} looks like COCO captions; read it with from_coco")
+        if not isinstance(records, list):
+            raise ValueError(f"{file} must hold a list of objects with {image_column!r} and {caption_column!r}")
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise ValueError(f"{file}: item {i} is not a JSON object")
+            rows.append((rec.get(image_column), rec.get(caption_column)))
+    elif file.suffix.lower() == ".jsonl":
         with open(file, encoding="utf-8") as fh:
             for ln, line in enumerate(fh, 1):
                 if not line.strip():
@@ -135,6 +151,8 @@ def from_captions(file, image_root=None, image_column: str = "image",
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{file}: line {ln} is not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{file}: line {ln} is not a JSON object")
                 rows.append((rec.get(image_column), rec.get(caption_column)))
     elif file.suffix.lower() in (".csv", ".tsv"):
         with open(file, newline="", encoding="utf-8") as fh:
@@ -145,7 +163,7 @@ def from_captions(file, image_root=None, image_column: str = "image",
                     raise ValueError(f"{file}: no column {need!r}; its columns are {cols}")
             rows = [(r[image_column], r[caption_column]) for r in reader]
     else:
-        raise ValueError(f"from_captions: {file} must end in .csv, .tsv or .jsonl")
+        raise ValueError(f"from_captions: {file} must end in .csv, .tsv, .jsonl or .json")
     return _pairs_from_rows(rows, file, image_root, name)
 
 
@@ -160,12 +178,18 @@ def from_coco(file, image_root, name: str | None = None) -> PairSet:
             data = json.load(fh)
         except json.JSONDecodeError as e:
             raise ValueError(f"{file} is not valid JSON ({e.msg})") from None
-    if "images" not in data or "annotations" not in data:
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ValueError(f"{file} lacks the COCO keys 'images' and 'annotations'")
-    by_id = {im["id"]: im["file_name"] for im in data["images"]}
+    by_id = {}
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise ValueError(f"{file}: images[{i}] needs an 'id' and a 'file_name'")
+        by_id[im["id"]] = im["file_name"]
     rows = []
-    for a in data["annotations"]:
+    for i, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict) or "image_id" not in a or "caption" not in a:
+            raise ValueError(f"{file}: annotations[{i}] needs an 'image_id' and a 'caption'")
         if a["image_id"] not in by_id:
-            raise ValueError(f"{file}: annotation {a.get('id')} names unknown image_id {a['image_id']}")
+            raise ValueError(f"{file}: annotation {a.get('id', i)} names unknown image_id {a['image_id']}")
         rows.append((by_id[a["image_id"]], a["caption"]))
     return _pairs_from_rows(rows, file, image_root, name)

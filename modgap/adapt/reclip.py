@@ -1,0 +1,735 @@
+"""ReCLIP: source-free domain adaptation of a CLIP model on unlabelled target
+images (Hu et al., "ReCLIP: Refine Contrastive Language Image Pre-Training
+with Source Free Domain Adaptation", WACV 2024, arXiv 2308.03793).
+
+Two copies of the model learn from each other's pseudo labels:
+
+- **ReCLIP-V** trains only the affine parameters of the image encoder's
+  LayerNorms (and BatchNorms). Its classifier is the set of class centroids
+  from label propagation on its own image features, replaced every epoch.
+- **ReCLIP-T** trains only the text transformer's LayerNorms (its final one
+  included). Its logits compare the frozen image features with the class
+  embeddings re-encoded, with gradients, from the first template.
+
+Every epoch, label propagation (:mod:`modgap.adapt.graph`) gives each branch
+pseudo labels; both branches train with cross-entropy on the images where
+their pseudo labels agree. Prediction averages the two branches' logits.
+
+The reference implementation is ``michiganleon/ReCLIP_WACV`` (``reclip.py``,
+``models.py``). modgap follows it step by step except where it is wrong or
+could not run here; each such place is named in :class:`ReCLIP`'s docstring.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..embed import PROGRESS_MIN, autocast_for, image_inputs
+from .graph import propagate
+
+__all__ = ["ReCLIP", "run_reclip", "visual_norm_parameters", "text_norm_parameters", "reference_epochs"]
+
+_FORMAT = "modgap-reclip"
+_FORMAT_VERSION = 1
+_NORM_TYPES = (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def reference_epochs(n_images: int) -> int:
+    """The reference's number of epochs: ``min(100, int(N / 5000 + 2))``."""
+    return int(min(100, int(n_images / 5000 + 2)))
+
+
+def visual_norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` for the weight and bias of every LayerNorm and
+    BatchNorm in the image encoder (``model.visual``): what ReCLIP-V trains."""
+    visual = getattr(model, "visual", None)
+    if visual is None:
+        raise ValueError("model has no image encoder at .visual; is it an open_clip CLIP model?")
+    return _norm_params(visual.named_modules(prefix="visual"), _NORM_TYPES)
+
+
+def text_norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` for the weight and bias of every LayerNorm of the
+    text encoder (``model.transformer`` and ``model.ln_final``, or
+    ``model.text`` for open_clip's CustomTextCLIP): what ReCLIP-T trains."""
+    if hasattr(model, "text") and isinstance(model.text, torch.nn.Module):
+        mods = model.text.named_modules(prefix="text")
+    elif hasattr(model, "transformer"):
+        mods = list(model.transformer.named_modules(prefix="transformer"))
+        if isinstance(getattr(model, "ln_final", None), torch.nn.Module):
+            mods += list(model.ln_final.named_modules(prefix="ln_final"))
+    else:
+        raise ValueError("model has no text encoder at .transformer or .text; is it an open_clip CLIP model?")
+    return _norm_params(mods, (torch.nn.LayerNorm,))
+
+
+def _norm_params(named_modules, types) -> list[tuple[str, torch.nn.Parameter]]:
+    out, seen = [], set()
+    for name, m in named_modules:
+        if not isinstance(m, types):
+            continue
+        for pname in ("weight", "bias"):
+            p = getattr(m, pname, None)
+            if isinstance(p, torch.nn.Parameter) and id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{name}.{pname}", p))
+    return out
+
+
+def _freeze_all_but(model: torch.nn.Module, params) -> None:
+    model.requires_grad_(False)
+    for _, p in params:
+        p.requires_grad_(True)
+
+
+def _positive_int(value, name):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_float(value, name):
+    if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _non_negative_float(value, name):
+    if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not value >= 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class ReCLIP:
+    """ReCLIP as a scikit-learn style estimator.
+
+    Parameters
+    ----------
+    clip : modgap.Clip
+        The pre-trained model. It is not modified: both branches train
+        copies of ``clip.model``, on ``clip.device``.
+    classnames : list of str
+        The target task's classes.
+    templates : list of str
+        Prompt templates with ``{}`` for the class name. All of them build the
+        zero-shot classifier, the seeds and the projection; ReCLIP-T trains
+        and predicts with the first one, as the reference does.
+    epochs : int, optional
+        Training passes over the data. ``None``: the reference's rule,
+        ``min(100, int(N / 5000 + 2))`` (:func:`reference_epochs`); small
+        models need more (``benchmarks/reclip_domains.py`` uses 10 for the
+        bundled ``modgap-tiny``).
+    batch_size : int
+        Images per training step (reference: 64).
+    lr_visual, lr_text : float
+        SGD learning rates of the two branches (reference: 1e-3 each).
+    k, alpha : label propagation's neighbours and strength (reference: 20, 0.99).
+    seed : int
+        Seeds the order of the training data. On CPU the whole fit is
+        deterministic for a fixed seed.
+    momentum, weight_decay : SGD settings (reference: 0.9, 1e-4).
+    logit_scale : float
+        Multiplies the cosine similarities in both branches' logits
+        (reference: 100, whatever the model's own scale).
+    rank_cap : int, None or "auto"
+        Passed to :func:`modgap.adapt.graph.projection`. ``"auto"`` is the
+        reference's choice: 250 for tasks with more than 500 classes, no cap
+        below (its cap of 768 is never reached there).
+    max_iter, tol : the conjugate gradient's limits per class (reference: 20, 1e-6).
+    eval_batch_size : int
+        Images per batch in the passes without gradients.
+    amp : bool
+        Mixed precision (bf16, or fp16 with loss scaling) on CUDA; ignored
+        elsewhere.
+    callback : callable, optional
+        ``callback(row)`` after every evaluation, with that epoch's history row
+        as a dict (``history_`` already holds it), e.g. to redraw a plot.
+    progress : bool, optional
+        Progress bars; ``None`` shows them for 2048 images or more.
+
+    Attributes
+    ----------
+    visual_model_, text_model_ : open_clip models
+        The trained ReCLIP-V and ReCLIP-T copies (see :meth:`save`, :meth:`load`).
+    centroids_ : ndarray ``[C, D]``
+        ReCLIP-V's classifier after the last training pass.
+    text_classifier_ : ndarray ``[C, D]``
+        ReCLIP-T's classifier: the class embeddings from the first template.
+    text_class_embeddings_ : ndarray ``[C, D]``
+        ReCLIP-T's class embeddings from all templates (its seeds).
+    labels_ : ndarray ``[N]``
+        The final predictions on the images ``fit`` saw.
+    pseudo_labels_v_, pseudo_labels_t_ : ndarray ``[N]``
+        Each branch's label propagation on the final features.
+    image_embeddings_ : ndarray ``[N, D]``
+        ReCLIP-V's image embeddings after training.
+    initial_image_embeddings_ : ndarray ``[N, D]``
+        The frozen model's image embeddings (ReCLIP-T's, and the starting point).
+    history_ : pandas.DataFrame
+        One row per evaluation: ``epoch`` 0 is the starting point, row ``e``
+        the state after ``e`` training passes. Columns: ``agreement`` (share
+        of images where the branches' pseudo labels agree), ``pl_acc_v``,
+        ``pl_acc_t``, ``pl_acc_agreed`` (pseudo-label accuracy of each branch
+        and on the agreed images), ``acc_v``, ``acc_t``, ``acc`` (accuracy of
+        each branch's logits and of their average), ``gap_v``, ``gap_t``
+        (centroid distance between each branch's image and class embeddings),
+        and for the training pass that led to the row ``loss_v``, ``loss_t``
+        and ``trained`` (images trained on). Accuracies are NaN when ``fit``
+        got no labels.
+
+    Departures from the reference code
+    ----------------------------------
+    - Its visual loss divides by the batch size twice (``torch.mean`` of the
+      masked losses, then ``/ mask.sum()``), so ReCLIP-V learns about 64
+      times slower than ReCLIP-T. Both branches here use the same masked
+      mean: ``sum(loss * agree) / sum(agree)``.
+    - It reports the best epoch chosen by test accuracy and never evaluates
+      the weights after the last training pass. Here the model after the
+      last pass is the result; it is evaluated once more (features, label
+      propagation, fresh centroids as ReCLIP-V's classifier, as the next
+      epoch would) and every epoch's figures go to ``history_``; labels are
+      never used to choose anything.
+    - A class that no node is assigned to gets a NaN centroid there; here it
+      keeps its text embedding (the class's seed) as its centroid.
+    - It needs CUDA (and DataParallel) and writes logs to fixed paths; this
+      runs on any device, logs to ``history_`` and a callback.
+    - With two classes its projection collapses every point onto one line;
+      here :func:`~modgap.adapt.graph.projection` warns and uses no
+      projection. Images label propagation does not reach get the most
+      similar seed's class instead of class 0.
+    - ReCLIP-T's frozen image features are computed once, not re-encoded every
+      epoch (they cannot change), and each training step runs the encoders
+      only on the images whose pseudo labels agree: the others contribute
+      nothing to the masked loss, and the models run in eval mode, so the
+      gradients are the same.
+    """
+
+    def __init__(self, clip, classnames, templates=("a photo of a {}.",), epochs=None, batch_size=64,
+                 lr_visual=1e-3, lr_text=1e-3, k=20, alpha=0.99, seed=0, *, momentum=0.9,
+                 weight_decay=1e-4, logit_scale=100.0, rank_cap="auto", max_iter=20, tol=1e-6,
+                 eval_batch_size=256, amp=True, callback=None, progress=None):
+        self.clip = clip
+        self.classnames = classnames
+        self.templates = templates
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr_visual = lr_visual
+        self.lr_text = lr_text
+        self.k = k
+        self.alpha = alpha
+        self.seed = seed
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.logit_scale = logit_scale
+        self.rank_cap = rank_cap
+        self.max_iter = max_iter
+        self.tol = tol
+        self.eval_batch_size = eval_batch_size
+        self.amp = amp
+        self.callback = callback
+        self.progress = progress
+        self._check_params()
+
+    _PARAMS = ("classnames", "templates", "epochs", "batch_size", "lr_visual", "lr_text", "k", "alpha", "seed",
+               "momentum", "weight_decay", "logit_scale", "rank_cap", "max_iter", "tol", "eval_batch_size", "amp")
+
+    def get_params(self) -> dict:
+        """The constructor's settings (``clip``, ``callback`` and ``progress`` left out)."""
+        out = {}
+        for name in self._PARAMS:
+            v = getattr(self, name)
+            out[name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ReCLIP(clip={getattr(self.clip, 'name', self.clip)!r}, classes={len(self.classnames)}, "
+                f"epochs={self.epochs}, lr_visual={self.lr_visual}, lr_text={self.lr_text}, seed={self.seed})")
+
+    # -- validation ------------------------------------------------------
+    def _check_params(self) -> None:
+        from ..models import Clip
+
+        if not isinstance(self.clip, Clip):
+            raise TypeError(f"clip must be a modgap.Clip (see modgap.load_model), got {type(self.clip).__name__}")
+        if isinstance(self.classnames, str) or not all(isinstance(c, str) for c in self.classnames):
+            raise TypeError("classnames must be a list of strings")
+        self.classnames = list(self.classnames)
+        if len(self.classnames) < 2:
+            raise ValueError(f"classnames must name at least 2 classes, got {len(self.classnames)}")
+        if len(set(self.classnames)) != len(self.classnames):
+            dup = sorted({c for c in self.classnames if self.classnames.count(c) > 1})
+            raise ValueError(f"classnames has duplicates: {dup}")
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        if not all(isinstance(t, str) for t in self.templates):
+            raise TypeError("templates must be a list of strings")
+        self.templates = list(self.templates)
+        if not self.templates:
+            raise ValueError("templates is empty")
+        for t in self.templates:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
+        if self.epochs is not None and (not isinstance(self.epochs, (int, np.integer)) or
+                                        isinstance(self.epochs, bool) or self.epochs < 0):
+            raise ValueError(f"epochs must be a non-negative integer or None, got {self.epochs!r}")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.eval_batch_size, "eval_batch_size")
+        _positive_int(self.k, "k")
+        _positive_int(self.max_iter, "max_iter")
+        _non_negative_float(self.lr_visual, "lr_visual")
+        _non_negative_float(self.lr_text, "lr_text")
+        _non_negative_float(self.momentum, "momentum")
+        _non_negative_float(self.weight_decay, "weight_decay")
+        _non_negative_float(self.tol, "tol")
+        _positive_float(self.logit_scale, "logit_scale")
+        if not isinstance(self.alpha, (int, float, np.floating)) or isinstance(self.alpha, bool) \
+                or not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be a number strictly between 0 and 1, got {self.alpha!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.rank_cap != "auto" and self.rank_cap is not None:
+            _positive_int(self.rank_cap, "rank_cap")
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"callback must be callable, got {type(self.callback).__name__}")
+
+    def _check_labels(self, labels, n):
+        if labels is None:
+            return None
+        arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if arr.ndim != 1 or len(arr) != n:
+            raise ValueError(f"labels must be a 1-D array with one entry per image ({n}), got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"labels must be integer class indices, got dtype {arr.dtype}")
+        c = len(self.classnames)
+        if arr.size and (arr.min() < 0 or arr.max() >= c):
+            raise ValueError(f"labels must lie in [0, {c}) (one index per class name), "
+                             f"got values from {arr.min()} to {arr.max()}")
+        return arr.astype(np.int64)
+
+    def _resolved_rank_cap(self):
+        if self.rank_cap == "auto":
+            return 250 if len(self.classnames) > 500 else None
+        return self.rank_cap
+
+    # -- pieces ----------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.clip.device
+
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return autocast_for(self.device)
+        return contextlib.nullcontext()
+
+    def _pixels(self, kind, items, idx) -> torch.Tensor:
+        """The preprocessed images at positions ``idx``, on the device."""
+        idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
+        if kind == "uint8":
+            sub = items[np.asarray(idx, dtype=np.int64)]
+        elif kind == "tensor":
+            return items[torch.as_tensor(idx, dtype=torch.long, device=items.device)].to(self.device).float()
+        elif kind == "paths":
+            from ..data.files import read_image
+
+            sub, kind = [read_image(items[i]) for i in idx], "pil"
+        else:
+            sub = [items[i] for i in idx]
+        return next(iter(self.clip._image_batches(kind, sub, len(idx))))
+
+    @torch.no_grad()
+    def _features(self, model, kind, items, desc, show) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        model.eval()
+        n = len(items)
+        out = []
+        for s in tqdm(range(0, n, self.eval_batch_size), desc=desc, disable=not show, leave=False):
+            x = self._pixels(kind, items, range(s, min(n, s + self.eval_batch_size)))
+            with self._autocast():
+                f = model.encode_image(x)
+            out.append(f.float())
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def _encode_prompts(self, model, tokens, n_classes, n_templates) -> torch.Tensor:
+        with self._autocast():
+            e = model.encode_text(tokens)
+        e = F.normalize(e.float(), dim=-1).view(n_classes, n_templates, -1).mean(dim=1)
+        return F.normalize(e, dim=-1)
+
+    def _propagate(self, image_emb, class_emb):
+        return propagate(image_emb, class_emb, k=self.k, alpha=float(self.alpha), project=True,
+                         max_iter=self.max_iter, tol=float(self.tol), rank_cap=self._resolved_rank_cap(),
+                         progress=False)
+
+    # -- fit -------------------------------------------------------------
+    def fit(self, images, labels=None) -> "ReCLIP":
+        """Adapt to ``images`` (no labels needed).
+
+        Parameters
+        ----------
+        images : anything :meth:`modgap.Clip.encode_images` takes
+            An ImageSet, a uint8 array ``[N, H, W, 3]``, a preprocessed float
+            tensor ``[N, 3, H, W]``, a list of PIL images or of file paths.
+        labels : int array ``[N]``, optional
+            Only recorded: the accuracies in ``history_``. Nothing is chosen
+            with them. (An ImageSet's own labels are not read; pass
+            ``labels=ds.labels`` to monitor.)
+        """
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from ..metrics import centroid_distance
+
+        self._check_params()
+        kind, items = image_inputs(images)
+        n = len(items)
+        y = self._check_labels(labels, n)
+        c = len(self.classnames)
+        if self.k >= n + c:
+            raise ValueError(f"k={self.k} must be smaller than the number of graph nodes "
+                             f"(images + classes = {n + c}); pass fewer neighbours or more images")
+        epochs = reference_epochs(n) if self.epochs is None else int(self.epochs)
+        show = (n >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        device = self.device
+        scale = float(self.logit_scale)
+
+        base = self.clip.model
+        v_model = copy.deepcopy(base).to(device).eval()
+        t_model = copy.deepcopy(base).to(device).eval()
+        v_params = visual_norm_parameters(v_model)
+        t_params = text_norm_parameters(t_model)
+        if not v_params:
+            raise ValueError("the image encoder has no LayerNorm or BatchNorm parameters for ReCLIP-V to train")
+        if not t_params:
+            raise ValueError("the text encoder has no LayerNorm parameters for ReCLIP-T to train")
+        _freeze_all_but(v_model, v_params)
+        _freeze_all_but(t_model, t_params)
+        opt_v = torch.optim.SGD([p for _, p in v_params], lr=float(self.lr_visual), momentum=float(self.momentum),
+                                weight_decay=float(self.weight_decay))
+        opt_t = torch.optim.SGD([p for _, p in t_params], lr=float(self.lr_text), momentum=float(self.momentum),
+                                weight_decay=float(self.weight_decay))
+        fp16 = (self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+        scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
+
+        tok_all = self.clip.tokenize([t.format(cn) for cn in self.classnames for t in self.templates]).to(device)
+        tok_first = self.clip.tokenize([self.templates[0].format(cn) for cn in self.classnames]).to(device)
+        n_t = len(self.templates)
+        was_training = base.training
+        try:
+            with torch.no_grad():
+                text0 = self._encode_prompts(base.eval(), tok_all, c, n_t)
+            f0 = self._features(base, kind, items, "frozen features", show)
+        finally:
+            base.train(was_training)
+
+        gen = torch.Generator().manual_seed(int(self.seed))
+        self.history_ = None
+        rows = []
+        train_stats = {}
+        bar = tqdm(range(epochs + 1), desc="ReCLIP", disable=not show)
+        for epoch in bar:
+            # (1) one pass without gradients, (2) label propagation in each branch
+            fv = f0 if epoch == 0 else self._features(v_model, kind, items, f"epoch {epoch}: features", show)
+            with torch.no_grad():
+                t_all = self._encode_prompts(t_model, tok_all, c, n_t)
+                t_first = self._encode_prompts(t_model, tok_first, c, 1)
+            lp_v = self._propagate(fv, text0)
+            centroids = lp_v.centroids(torch.cat([text0, fv]), fallback=text0)
+            lp_t = self._propagate(f0, t_all)
+            v_pl, t_pl = lp_v.image_labels, lp_t.image_labels
+            agree = v_pl == t_pl
+            logits_v = scale * fv @ centroids.T
+            logits_t = scale * f0 @ t_first.T
+            row = self._row(epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all,
+                            centroid_distance, train_stats)
+            rows.append(row)
+            self.history_ = pd.DataFrame(rows)
+            if show:
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
+            if self.callback is not None:
+                self.callback(dict(row))
+            if epoch == epochs:
+                break
+            # (3) one training pass on the images where the branches agree
+            train_stats = self._train_pass(v_model, t_model, opt_v, opt_t, scaler, kind, items, f0, centroids,
+                                           tok_first, v_pl, t_pl, agree, gen, scale, epoch + 1, show)
+            # (4) ReCLIP-T's seeds and projection are rebuilt from its text encoder at the next evaluation
+
+        v_model.eval()
+        t_model.eval()
+        v_model.requires_grad_(False)
+        t_model.requires_grad_(False)
+        self.visual_model_ = v_model
+        self.text_model_ = t_model
+        self.epochs_ = epochs
+        self.centroids_ = centroids.cpu().numpy()
+        self.text_classifier_ = t_first.cpu().numpy()
+        self.text_class_embeddings_ = t_all.cpu().numpy()
+        self.class_embeddings_ = text0.cpu().numpy()
+        self.pseudo_labels_v_ = v_pl.cpu().numpy()
+        self.pseudo_labels_t_ = t_pl.cpu().numpy()
+        self.labels_ = (0.5 * (logits_v + logits_t)).argmax(1).cpu().numpy()
+        self.image_embeddings_ = fv.cpu().numpy()
+        self.initial_image_embeddings_ = f0.cpu().numpy()
+        return self
+
+    def _row(self, epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all, gap, train_stats):
+        nan = float("nan")
+        row = {"epoch": epoch, "agreement": float(agree.float().mean())}
+        if y is not None:
+            yt = torch.as_tensor(y, device=v_pl.device)
+            comb = 0.5 * (logits_v + logits_t)
+            row.update(
+                pl_acc_v=float((v_pl == yt).float().mean()),
+                pl_acc_t=float((t_pl == yt).float().mean()),
+                pl_acc_agreed=float((v_pl[agree] == yt[agree]).float().mean()) if bool(agree.any()) else nan,
+                acc_v=float((logits_v.argmax(1) == yt).float().mean()),
+                acc_t=float((logits_t.argmax(1) == yt).float().mean()),
+                acc=float((comb.argmax(1) == yt).float().mean()),
+            )
+        else:
+            row.update(pl_acc_v=nan, pl_acc_t=nan, pl_acc_agreed=nan, acc_v=nan, acc_t=nan, acc=nan)
+        row.update(gap_v=gap(fv, text0), gap_t=gap(f0, t_all),
+                   loss_v=train_stats.get("loss_v", nan), loss_t=train_stats.get("loss_t", nan),
+                   trained=int(train_stats.get("trained", 0)))
+        return row
+
+    def _train_pass(self, v_model, t_model, opt_v, opt_t, scaler, kind, items, f0, centroids, tok_first,
+                    v_pl, t_pl, agree, gen, scale, epoch, show):
+        from tqdm.auto import tqdm
+
+        n = len(items)
+        order = torch.randperm(n, generator=gen)
+        agree_cpu = agree.cpu()
+        losses_v, losses_t, trained = [], [], 0
+        v_model.eval()
+        t_model.eval()
+        steps = range(0, n, self.batch_size)
+        for s in tqdm(steps, desc=f"epoch {epoch}: training", disable=not show, leave=False):
+            idx = order[s:s + self.batch_size]
+            sel = idx[agree_cpu[idx]]
+            if len(sel) == 0:
+                continue
+            trained += len(sel)
+            sel_dev = sel.to(f0.device)
+            # ReCLIP-V: its image encoder against the centroid classifier
+            x = self._pixels(kind, items, sel)
+            with torch.enable_grad():
+                with self._autocast():
+                    feat = v_model.encode_image(x)
+                logits = scale * F.normalize(feat.float(), dim=-1) @ centroids.T
+                loss_v = F.cross_entropy(logits, v_pl[sel_dev])
+                opt_v.zero_grad(set_to_none=True)
+                self._step(loss_v, opt_v, scaler)
+                # ReCLIP-T: the frozen image features against the re-encoded first template
+                with self._autocast():
+                    te = t_model.encode_text(tok_first)
+                te = F.normalize(te.float(), dim=-1)
+                logits = scale * f0[sel_dev] @ te.T
+                loss_t = F.cross_entropy(logits, t_pl[sel_dev])
+                opt_t.zero_grad(set_to_none=True)
+                self._step(loss_t, opt_t, scaler)
+            losses_v.append(loss_v.item() * len(sel))
+            losses_t.append(loss_t.item() * len(sel))
+        nan = float("nan")
+        return {"loss_v": sum(losses_v) / trained if trained else nan,
+                "loss_t": sum(losses_t) / trained if trained else nan, "trained": trained}
+
+    @staticmethod
+    def _step(loss, opt, scaler):
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    # -- predict ---------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "visual_model_"):
+            raise RuntimeError("this ReCLIP is not fitted yet; call fit(images) first (or ReCLIP.load(path, clip))")
+
+    def predict_logits(self, images, branch: str = "both") -> np.ndarray:
+        """Logits ``[N, C]``: ``0.5 * (logits_T + logits_V)`` for
+        ``branch="both"``, or one branch's (``"visual"``, ``"text"``)."""
+        self._check_fitted()
+        if branch not in ("both", "visual", "text"):
+            raise ValueError(f"branch must be 'both', 'visual' or 'text', got {branch!r}")
+        kind, items = image_inputs(images)
+        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        scale = float(self.logit_scale)
+        out = 0.0
+        if branch in ("both", "visual"):
+            fv = self._features(self.visual_model_, kind, items, "ReCLIP-V features", show)
+            out = out + scale * fv @ torch.as_tensor(self.centroids_, device=fv.device).T
+        if branch in ("both", "text"):
+            f0 = self._features(self.text_model_, kind, items, "ReCLIP-T features", show)
+            out = out + scale * f0 @ torch.as_tensor(self.text_classifier_, device=f0.device).T
+        if branch == "both":
+            out = 0.5 * out
+        return out.cpu().numpy()
+
+    def predict(self, images) -> np.ndarray:
+        """Class indices ``[N]`` from :meth:`predict_logits`."""
+        return self.predict_logits(images).argmax(1)
+
+    def score(self, images, labels) -> float:
+        """Top-1 accuracy of :meth:`predict` against ``labels``."""
+        pred = self.predict(images)
+        y = self._check_labels(labels, len(pred))
+        return float((pred == y).mean())
+
+    def encode_images(self, images, branch: str = "visual") -> np.ndarray:
+        """Normalised image embeddings from ReCLIP-V (``"visual"``) or the
+        frozen encoder ReCLIP-T uses (``"text"``), ``[N, D]``."""
+        self._check_fitted()
+        if branch not in ("visual", "text"):
+            raise ValueError(f"branch must be 'visual' or 'text', got {branch!r}")
+        kind, items = image_inputs(images)
+        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        model = self.visual_model_ if branch == "visual" else self.text_model_
+        return self._features(model, kind, items, "features", show).cpu().numpy()
+
+    def as_clip(self, branch: str = "visual"):
+        """One trained branch as a :class:`modgap.Clip`, for the rest of modgap
+        (metrics, plots); ``"visual"`` (ReCLIP-V) or ``"text"`` (ReCLIP-T)."""
+        self._check_fitted()
+        if branch not in ("visual", "text"):
+            raise ValueError(f"branch must be 'visual' or 'text', got {branch!r}")
+        from ..models import Clip
+
+        model = self.visual_model_ if branch == "visual" else self.text_model_
+        return Clip(model, self.clip.preprocess, self.clip.tokenizer, device=self.device,
+                    name=f"{self.clip.name}+reclip-{branch}")
+
+    # -- save / load -----------------------------------------------------
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write the fitted state to the folder ``path``: ``visual_model.safetensors``
+        and ``text_model.safetensors`` (each branch's full open_clip state
+        dict), ``classifier.safetensors`` (centroids and text classifiers),
+        ``reclip.json`` (settings, class names, templates) and ``history.csv``.
+        Existing files are kept unless ``overwrite=True``."""
+        self._check_fitted()
+        from safetensors.torch import save_file
+
+        from ..io import _tmp_beside, atomic_write_text, save_state_dict
+
+        path = Path(path).expanduser()
+        names = ["visual_model.safetensors", "text_model.safetensors", "classifier.safetensors",
+                 "reclip.json", "history.csv"]
+        if not overwrite:
+            existing = [n for n in names if (path / n).exists()]
+            if existing:
+                raise FileExistsError(f"{path} already holds {existing}; pass overwrite=True to replace them")
+        path.mkdir(parents=True, exist_ok=True)
+        save_state_dict(self.visual_model_, path / names[0], overwrite=True)
+        save_state_dict(self.text_model_, path / names[1], overwrite=True)
+        tensors = {k: torch.as_tensor(getattr(self, k)).contiguous() for k in
+                   ("centroids_", "text_classifier_", "text_class_embeddings_", "class_embeddings_")}
+        tmp = _tmp_beside(path / names[2], ".tmp")
+        try:
+            save_file(tensors, tmp, metadata={"format": _FORMAT})
+            import os
+
+            os.replace(tmp, path / names[2])
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "model": self.clip.name,
+                "embed_dim": int(self.centroids_.shape[1]), "epochs_run": int(self.epochs_),
+                "params": self.get_params()}
+        atomic_write_text(path / names[3], json.dumps(meta, indent=2))
+        atomic_write_text(path / names[4], self.history_.to_csv(index=False))
+        return path
+
+    @classmethod
+    def load(cls, path, clip) -> "ReCLIP":
+        """A fitted ReCLIP from a folder :meth:`save` wrote.
+
+        ``clip`` must be the same architecture the folder was fitted from (its
+        preprocessing and tokenizer are used, and its model is copied as the
+        frame the saved weights are loaded into; it is not modified).
+        """
+        import pandas as pd
+        from safetensors.torch import load_file
+
+        path = Path(path).expanduser()
+        meta_file = path / "reclip.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} holds no reclip.json; is it a folder ReCLIP.save wrote?")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{meta_file} is not a modgap ReCLIP file (format {meta.get('format')!r})")
+        if meta.get("version", 0) > _FORMAT_VERSION:
+            raise ValueError(f"{meta_file} was written by a newer modgap (version {meta['version']})")
+        est = cls(clip, **meta["params"])
+        models = []
+        for fname in ("visual_model.safetensors", "text_model.safetensors"):
+            model = copy.deepcopy(clip.model)
+            state = load_file(str(path / fname), device="cpu")
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"{path / fname} does not fit the architecture of clip {clip.name!r} "
+                                 f"(fitted from {meta.get('model')!r}): {str(e).splitlines()[0]}") from e
+            models.append(model.to(clip.device).eval().requires_grad_(False))
+        est.visual_model_, est.text_model_ = models
+        tensors = load_file(str(path / "classifier.safetensors"), device="cpu")
+        for k, v in tensors.items():
+            setattr(est, k, v.numpy())
+        est.epochs_ = meta.get("epochs_run")
+        hist = path / "history.csv"
+        est.history_ = pd.read_csv(hist) if hist.is_file() else None
+        return est
+
+
+def run_reclip(clip, data, labels=None, classnames=None, templates=None, out=None, overwrite=False,
+               **params) -> ReCLIP:
+    """Fit ReCLIP in one call, for scripts and the command line.
+
+    Parameters
+    ----------
+    clip : modgap.Clip or str
+        A model, or a spec for :func:`modgap.load_model`.
+    data : ImageSet or images
+        An :class:`~modgap.data.ImageSet` supplies its own class names,
+        templates and labels (the labels only fill in the accuracies of
+        ``history_``); other images need ``classnames`` (and ``templates``).
+    labels, classnames, templates : override the ImageSet's.
+    out : path, optional
+        Save the fitted estimator there (:meth:`ReCLIP.save`).
+    **params : passed to :class:`ReCLIP` (``epochs``, ``lr_visual``, ``seed``, ...).
+
+    Returns
+    -------
+    the fitted :class:`ReCLIP`; ``history_.iloc[[0, -1]]`` compares the start
+    with the end.
+    """
+    from ..data.containers import ImageSet
+    from ..models import load_model
+
+    if isinstance(clip, str):
+        clip = load_model(clip)
+    if isinstance(data, ImageSet):
+        classnames = data.classnames if classnames is None else classnames
+        templates = data.templates if templates is None else templates
+        labels = data.labels if labels is None else labels
+    if classnames is None:
+        raise ValueError("classnames is required unless data is an ImageSet that names its classes")
+    if templates is None or len(templates) == 0:
+        templates = ("a photo of a {}.",)
+    est = ReCLIP(clip, classnames, templates, **params)
+    est.fit(data, labels=labels)
+    if out is not None:
+        est.save(out, overwrite=overwrite)
+    return est

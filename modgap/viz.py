@@ -1,0 +1,635 @@
+"""Pictures of the modality gap: 2-D maps of both modalities, the shift of
+a model's embeddings under adaptation, the embedding-shift curve, similarity
+heat maps, covariance spectra and report comparisons.
+
+Every function takes plain arrays (numpy or torch), draws with matplotlib,
+and returns the ``Axes`` (one panel) or ``Figure`` (several panels) it drew
+on, so a notebook can keep styling it, in the manner of ``umap.plot``.
+One-panel functions accept ``ax=``. Artists a reader may want to find again
+carry a ``gid``: ``"image-points"``, ``"text-points"``,
+``"image-centroid"``, ``"text-centroid"``, ``"gap-arrow"`` and
+``"shift-arrows"``.
+
+2-D maps come from :func:`fit_2d` (UMAP, PCA or t-SNE, seeded). umap-learn
+is imported on first use only, once per process, and always receives
+float32 arrays with the same metric, so numba compiles its kernels once per
+process (about 10-30 s, see ``benchmarks/umap_time.py``) and every later map
+reuses them.
+
+References
+----------
+McInnes, Healy, Melville. "UMAP: Uniform Manifold Approximation and
+Projection for Dimension Reduction". arXiv 1802.03426, 2018.
+van der Maaten, Hinton. "Visualizing Data using t-SNE". JMLR 9, 2008.
+Liang et al. "Mind the Gap". NeurIPS 2022 (Fig. 1: the two modalities on
+one map, joined by the gap).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from numbers import Integral
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as _m
+
+__all__ = [
+    "fit_2d",
+    "plot_embedding_shift",
+    "plot_embeddings",
+    "plot_gap_shift",
+    "plot_report_comparison",
+    "plot_similarity",
+    "plot_spectrum",
+]
+
+METHODS = ("umap", "pca", "tsne")
+_AXIS_NAME = {"umap": "UMAP", "pca": "PC", "tsne": "t-SNE"}
+_METHOD_NAME = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
+_MARKER = {"image": "o", "text": "^"}
+_PLAIN_COLOR = {"image": "C0", "text": "C1"}
+_UNLABELLED = "0.45"
+_MAX_LEGEND_CLASSES = 20
+
+_REPORT_DEFAULTS = (
+    "centroid_distance", "centroid_mse", "relative_gap", "linear_separability",
+    "paired_cosine", "unpaired_cosine", "alignment", "uniformity_image",
+    "uniformity_text", "effective_rank_image", "effective_rank_text",
+    "i2t_R@1", "t2i_R@1", "zero_shot_accuracy",
+)
+
+
+# -- 2-D reduction -----------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _umap_class():
+    try:
+        from umap import UMAP
+    except ImportError as err:
+        raise ImportError(
+            "method='umap' needs the umap-learn package (pip install umap-learn); "
+            "or pass method='pca'"
+        ) from err
+    return UMAP
+
+
+def fit_2d(X, method: str = "umap", random_state: int = 0, return_reducer: bool = False, **kwargs):
+    """Reduce ``X`` ``[N, D]`` to 2-D coordinates ``[N, 2]`` (float64 numpy).
+
+    Parameters
+    ----------
+    X : array or tensor [N, D]
+        Used as given (plot functions pass L2-normalised embeddings, for
+        which Euclidean neighbours are cosine neighbours).
+    method : {"umap", "pca", "tsne"}
+        ``"umap"``: ``umap.UMAP`` with ``n_neighbors=min(15, N - 1)``,
+        ``min_dist=0.1``, Euclidean metric, single-threaded so that a fixed
+        ``random_state`` gives the same map every run. ``"pca"``:
+        scikit-learn ``PCA`` (full SVD, deterministic). ``"tsne"``:
+        scikit-learn ``TSNE`` with PCA initialisation and
+        ``perplexity=min(30, (N - 1) / 3)``.
+    random_state : int
+        Seed of the reducer.
+    return_reducer : bool
+        Also return the fitted reducer object (``umap.UMAP``, ``PCA`` or
+        ``TSNE``), e.g. to ``transform`` new points with UMAP or PCA.
+    **kwargs
+        Passed to the reducer, overriding the defaults above (for UMAP e.g.
+        ``n_neighbors``, ``min_dist``, ``n_epochs``).
+
+    Returns
+    -------
+    ndarray [N, 2], or (ndarray, reducer) with ``return_reducer=True``.
+
+    References
+    ----------
+    McInnes et al., arXiv 1802.03426 (UMAP); van der Maaten & Hinton, JMLR
+    2008 (t-SNE); Pearson 1901 (PCA).
+    """
+    if not isinstance(method, str) or method.lower().replace("-", "") not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method = method.lower().replace("-", "")
+    if random_state is not None and not isinstance(random_state, Integral):
+        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    x = _m._as_matrix(X, "X")
+    n, d = x.shape
+    if method == "pca":
+        if n < 2 or d < 2:
+            raise ValueError(f"X has shape {x.shape}; a 2-D PCA needs at least 2 rows and 2 columns")
+        from sklearn.decomposition import PCA
+
+        params = {"svd_solver": "full", "random_state": random_state}
+        params.update(kwargs)
+        reducer = PCA(n_components=2, **params)
+        y = reducer.fit_transform(x)
+    elif method == "tsne":
+        if n < 5:
+            raise ValueError(f"X has {n} rows; t-SNE needs at least 5 (or use method='pca')")
+        from sklearn.manifold import TSNE
+
+        params = {"perplexity": min(30.0, (n - 1) / 3.0), "init": "pca", "learning_rate": "auto",
+                  "random_state": random_state}
+        params.update(kwargs)
+        reducer = TSNE(n_components=2, **params)
+        y = reducer.fit_transform(x)
+    else:
+        if n < 5:
+            raise ValueError(f"X has {n} rows; UMAP needs at least 5 (or use method='pca')")
+        params = {"n_neighbors": min(15, n - 1), "min_dist": 0.1, "metric": "euclidean",
+                  "random_state": random_state, "n_jobs": 1}
+        params.update(kwargs)
+        reducer = _umap_class()(n_components=2, **params)
+        y = reducer.fit_transform(np.ascontiguousarray(x, dtype=np.float32))
+    y = np.asarray(y, dtype=np.float64)
+    return (y, reducer) if return_reducer else y
+
+
+# -- shared drawing helpers --------------------------------------------------------------
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _new_ax(ax, figsize=(7, 6)):
+    if ax is not None:
+        return ax
+    _, ax = _pyplot().subplots(figsize=figsize)
+    return ax
+
+
+def _label_array(labels, n: int, name: str):
+    if labels is None:
+        return None
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or len(lab) != n:
+        raise ValueError(f"{name} must have one entry per point ({n}), got shape {lab.shape}")
+    return lab
+
+
+def _class_palette(classes) -> dict:
+    from matplotlib import colormaps
+
+    k = len(classes)
+    if k <= 10:
+        cols = [colormaps["tab10"](i) for i in range(k)]
+    elif k <= 20:
+        cols = [colormaps["tab20"](i) for i in range(k)]
+    else:
+        cols = [colormaps["turbo"](v) for v in np.linspace(0.05, 0.95, k)]
+    return dict(zip(classes.tolist(), cols))
+
+
+def _class_name(c, class_names):
+    if class_names is not None and isinstance(c, (Integral, np.integer)) and 0 <= int(c) < len(class_names):
+        return str(class_names[int(c)])
+    return str(c)
+
+
+def _point_size(n_total: int) -> float:
+    return 14.0 if n_total <= 2000 else 5.0
+
+
+def _draw_map(ax, pts, labs, class_names, palette, *, gap=None, size=None, alpha=0.7,
+              legend=True, arrow=True):
+    """Scatter each modality of ``pts`` ({"image": [n, 2], "text": [m, 2] or None})
+    with its marker, colour by class, draw centroids and the gap arrow."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch
+
+    total = sum(len(p) for p in pts.values() if p is not None)
+    size = _point_size(total) if size is None else size
+    handles = []
+    centroids = {}
+    for mod in ("image", "text"):
+        p = pts.get(mod)
+        if p is None:
+            continue
+        lab = labs.get(mod)
+        if palette is None:
+            color = _PLAIN_COLOR[mod]
+        elif lab is None:
+            color = _UNLABELLED
+        else:
+            color = [palette[v] for v in lab.tolist()]
+        ax.scatter(p[:, 0], p[:, 1], s=size, c=color if isinstance(color, list) else [color],
+                   marker=_MARKER[mod], alpha=alpha, linewidths=0, label=mod, gid=f"{mod}-points")
+        handles.append(Line2D([], [], ls="", marker=_MARKER[mod], markersize=7,
+                              color=_PLAIN_COLOR[mod] if palette is None else "0.35", label=mod))
+        c = p.mean(axis=0)
+        centroids[mod] = c
+        ax.scatter([c[0]], [c[1]], s=220, marker="X" if mod == "image" else "P", c="black",
+                   edgecolors="white", linewidths=1.5, zorder=6, gid=f"{mod}-centroid")
+        handles.append(Line2D([], [], ls="", marker="X" if mod == "image" else "P", markersize=10,
+                              color="black", markeredgecolor="white", label=f"{mod} centroid"))
+    if arrow and "image" in centroids and "text" in centroids:
+        ax.add_patch(FancyArrowPatch(tuple(centroids["text"]), tuple(centroids["image"]),
+                                     arrowstyle="-|>", mutation_scale=22, lw=2.2, color="black",
+                                     zorder=7, gid="gap-arrow"))
+        gap_label = "gap, text to image" + (f" (distance {gap:.3f})" if gap is not None else "")
+        handles.append(Line2D([], [], color="black", lw=2.2, label=gap_label))
+    if palette is not None and len(palette) <= _MAX_LEGEND_CLASSES:
+        for v, col in palette.items():
+            handles.append(Line2D([], [], ls="", marker="s", markersize=7, color=col,
+                                  label=_class_name(v, class_names)))
+    if legend:
+        ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
+    return centroids
+
+
+def _axis_labels(ax, method: str):
+    name = _AXIS_NAME[method.lower().replace("-", "")]
+    ax.set_xlabel(f"{name} 1")
+    ax.set_ylabel(f"{name} 2")
+
+
+def _palette_for(labs: dict):
+    present = [v for v in labs.values() if v is not None]
+    if not present:
+        return None
+    return _class_palette(np.unique(np.concatenate(present)))
+
+
+# -- one map --------------------------------------------------------------------------
+def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, text_labels=None,
+                    class_names=None, ax=None, random_state: int = 0, reducer_kwargs=None,
+                    title: str | None = None, point_size: float | None = None, alpha: float = 0.7):
+    """One 2-D map of both modalities: images as circles, texts as
+    triangles, classes coloured, each modality's centroid marked, and an
+    arrow from the text centroid to the image centroid (the gap).
+
+    The normalised embeddings of both modalities are reduced together by
+    :func:`fit_2d`. The centroids drawn are the means of the 2-D positions
+    (for PCA exactly the projection of the high-dimensional centroids); the
+    gap distance in the legend and title is :func:`modgap.metrics.centroid_distance`
+    measured in the full space.
+
+    Parameters
+    ----------
+    image_emb, text_emb : arrays [N, D] and [M, D]
+    labels : array [N] or None
+        Class of each image (colours). When ``text_labels`` is None and
+        M == N, the texts take the labels of their images.
+    method : {"umap", "pca", "tsne"}
+    text_labels : array [M] or None
+        Class of each text, e.g. ``np.arange(C)`` for class embeddings.
+    class_names : sequence of str or None
+        Legend names for integer labels.
+    ax : matplotlib Axes or None
+    random_state : int
+    reducer_kwargs : dict or None, passed to :func:`fit_2d`.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022, Fig. 1.
+    """
+    img, txt = _m._pair(image_emb, text_emb)
+    lab_i = _label_array(labels, len(img), "labels")
+    lab_t = _label_array(text_labels, len(txt), "text_labels")
+    if lab_t is None and lab_i is not None and len(txt) == len(img):
+        lab_t = lab_i
+    y = fit_2d(np.vstack([img, txt]), method, random_state, **(reducer_kwargs or {}))
+    gap = float(np.linalg.norm(_m._centroid_gap(img, txt)))
+    ax = _new_ax(ax)
+    labs = {"image": lab_i, "text": lab_t}
+    _draw_map(ax, {"image": y[: len(img)], "text": y[len(img):]}, labs, class_names, _palette_for(labs),
+              gap=gap, size=point_size, alpha=alpha)
+    _axis_labels(ax, method)
+    ax.set_title(title if title is not None
+                 else f"Image and text embeddings ({_METHOD_NAME[method.lower().replace('-', '')]}), "
+                      f"gap distance {gap:.3f}")
+    return ax
+
+
+# -- two states on one map --------------------------------------------------------------
+def _as_state(x, name: str):
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(np.ndim(v) == 2 for v in x):
+        img, txt = _m._pair(x[0], x[1])
+        return img, txt
+    if isinstance(x, (tuple, list)) and len(x) != 2 and all(np.ndim(v) == 2 for v in x):
+        raise ValueError(f"{name} must be (image_emb, text_emb) or one array of embeddings, "
+                         f"got a sequence of {len(x)} arrays")
+    return _m._unit(_m._as_matrix(x, name), name), None
+
+
+def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, text_labels=None,
+                         class_names=None, n_arrows: int | None = 200, random_state: int = 0,
+                         titles=("before", "after"), axes=None, reducer_kwargs=None,
+                         point_size: float | None = None, alpha: float = 0.6):
+    """Two states of a model (e.g. before and after ReCLIP or CLIP-Refine)
+    side by side in ONE shared 2-D space, with arrows showing where points
+    moved.
+
+    The reducer is fitted once on the union of all embeddings of both
+    states, so positions are comparable across panels; both panels get the
+    same axis limits. The right panel carries arrows from each point's old
+    position to its new one, for a seeded random subset of ``n_arrows``
+    points (``None`` for all).
+
+    Parameters
+    ----------
+    before, after : (image_emb, text_emb) tuples, or one array each
+        Row i of ``before`` and of ``after`` must be the same item, so the
+        shapes must match.
+    labels, text_labels, class_names : as in :func:`plot_embeddings`
+    method : {"umap", "pca", "tsne"}
+    n_arrows : int >= 0 or None
+    random_state : int
+        Seed of the reducer and of the arrow subset.
+    titles : two str
+    axes : two matplotlib Axes or None (a new 1 x 2 figure)
+    reducer_kwargs : dict or None, passed to :func:`fit_2d`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    b_img, b_txt = _as_state(before, "before")
+    a_img, a_txt = _as_state(after, "after")
+    if (b_txt is None) != (a_txt is None):
+        raise ValueError("before and after must both be (image_emb, text_emb) tuples, or both single arrays")
+    for b, a, what in ((b_img, a_img, "image"), (b_txt, a_txt, "text")):
+        if b is not None and b.shape != a.shape:
+            raise ValueError(f"before and after {what} embeddings differ in shape ({b.shape} vs {a.shape}); "
+                             "row i of both must be the same item")
+    if n_arrows is not None and (not isinstance(n_arrows, Integral) or n_arrows < 0):
+        raise ValueError(f"n_arrows must be a non-negative integer or None, got {n_arrows!r}")
+    if len(titles) != 2:
+        raise ValueError(f"titles must hold two strings, got {titles!r}")
+    n_i = len(b_img)
+    n_t = 0 if b_txt is None else len(b_txt)
+    lab_i = _label_array(labels, n_i, "labels")
+    lab_t = _label_array(text_labels, n_t, "text_labels") if n_t else None
+    if lab_t is None and lab_i is not None and n_t == n_i:
+        lab_t = lab_i
+    blocks = [b_img] + ([b_txt] if n_t else []) + [a_img] + ([a_txt] if n_t else [])
+    y = fit_2d(np.vstack(blocks), method, random_state, **(reducer_kwargs or {}))
+    half = n_i + n_t
+    y_before, y_after = y[:half], y[half:]
+
+    if axes is None:
+        fig, axes = _pyplot().subplots(1, 2, figsize=(13, 6), sharex=True, sharey=True)
+    else:
+        if len(axes) != 2:
+            raise ValueError("axes must hold two matplotlib Axes")
+        fig = axes[0].figure
+    labs = {"image": lab_i, "text": lab_t}
+    palette = _palette_for(labs)
+    for ax, yy, (im, tx), ttl in zip(axes, (y_before, y_after), ((b_img, b_txt), (a_img, a_txt)), titles):
+        pts = {"image": yy[:n_i], "text": yy[n_i:] if n_t else None}
+        gap = None if tx is None else float(np.linalg.norm(_m._centroid_gap(im, tx)))
+        _draw_map(ax, pts, labs, class_names, palette, gap=gap, size=point_size, alpha=alpha,
+                  legend=ax is axes[0])
+        _axis_labels(ax, method)
+        ax.set_title(ttl if gap is None else f"{ttl}: gap distance {gap:.3f}")
+
+    total = len(y_before)
+    k = total if n_arrows is None else min(int(n_arrows), total)
+    if k:
+        pick = np.sort(np.random.default_rng(random_state).choice(total, size=k, replace=False))
+        start, move = y_before[pick], y_after[pick] - y_before[pick]
+        axes[1].quiver(start[:, 0], start[:, 1], move[:, 0], move[:, 1], angles="xy", scale_units="xy",
+                       scale=1, width=0.0025, headwidth=5, headlength=6, headaxislength=5,
+                       color="0.2", alpha=0.6, zorder=4, gid="shift-arrows")
+    lo, hi = y.min(axis=0), y.max(axis=0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-9)
+    for ax in axes:
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    fig.suptitle(f"Embedding shift in one shared {_METHOD_NAME[method.lower().replace('-', '')]} map"
+                 + (f" (arrows: {k} of {total} points)" if k else ""))
+    return fig
+
+
+# -- the shift experiment -------------------------------------------------------------------
+def plot_gap_shift(shift, ax=None, title: str | None = None):
+    """Zero-shot accuracy (left axis) and gap distance (right axis) against
+    the shift ``delta`` of :func:`modgap.metrics.shift_along_gap`.
+
+    A dotted line marks ``delta = 0`` (the model as it is) and a dashed one
+    the delta of the smallest gap. The right-hand axis is a twin of ``ax``
+    (``ax.figure.axes`` holds it).
+
+    Returns
+    -------
+    matplotlib.axes.Axes (the accuracy axis)
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3.
+    """
+    if not isinstance(shift, pd.DataFrame):
+        raise TypeError("shift must be the DataFrame returned by modgap.metrics.shift_along_gap, "
+                        f"got {type(shift).__name__}")
+    missing = [c for c in ("delta", "accuracy", "centroid_distance") if c not in shift.columns]
+    if missing:
+        raise ValueError(f"shift lacks the column(s) {missing}; pass the output of shift_along_gap")
+    if shift.empty:
+        raise ValueError("shift has no rows")
+    df = shift.sort_values("delta")
+    ax = _new_ax(ax, figsize=(7, 4.5))
+    l1, = ax.plot(df["delta"], df["accuracy"], "o-", color="C0", ms=4, label="zero-shot accuracy",
+                  gid="accuracy-line")
+    ax2 = ax.twinx()
+    l2, = ax2.plot(df["delta"], df["centroid_distance"], "s--", color="C1", ms=3, label="gap distance",
+                   gid="distance-line")
+    v0 = ax.axvline(0.0, color="0.4", ls=":", label="delta = 0 (unshifted)")
+    best = float(df["delta"].iloc[int(np.argmin(df["centroid_distance"].to_numpy()))])
+    v1 = ax.axvline(best, color="C1", ls="-.", lw=1, label=f"smallest gap (delta = {best:.2f})")
+    ax.set_xlabel("delta: shift along the gap direction (+ moves the modalities together)")
+    ax.set_ylabel("zero-shot accuracy", color="C0")
+    ax2.set_ylabel("gap distance ||c_I - c_T||", color="C1")
+    ax.legend(handles=[l1, l2, v0, v1], loc="best", fontsize="small")
+    ax.set_title(title if title is not None else "Shifting embeddings along the gap")
+    return ax
+
+
+# -- similarity heat map ------------------------------------------------------------------------
+def _spread(n: int, k: int) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+def plot_similarity(image_emb, text_emb, labels=None, *, text_labels=None, joint: bool = False,
+                    max_items: int = 100, ax=None, cmap: str = "viridis", colorbar: bool = True,
+                    title: str | None = None):
+    """Heat map of cosine similarities between normalised embeddings.
+
+    ``joint=False``: images (rows) against texts (columns); a paired set
+    shows a bright diagonal. ``joint=True``: all embeddings against all, the
+    image block first; the modality gap shows as two bright diagonal blocks
+    (within a modality) and darker off-diagonal blocks (across).
+
+    With ``labels`` (and ``text_labels``, or the image labels for an equal
+    number of texts) rows and columns are sorted by class. At most
+    ``max_items`` of each modality are shown, evenly spaced.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    if not isinstance(max_items, Integral) or max_items < 1:
+        raise ValueError(f"max_items must be a positive integer, got {max_items!r}")
+    img, txt = _m._pair(image_emb, text_emb)
+    lab_i = _label_array(labels, len(img), "labels")
+    lab_t = _label_array(text_labels, len(txt), "text_labels")
+    if lab_t is None and lab_i is not None and len(txt) == len(img):
+        lab_t = lab_i
+    oi = np.argsort(lab_i, kind="stable") if lab_i is not None else np.arange(len(img))
+    ot = np.argsort(lab_t, kind="stable") if lab_t is not None else np.arange(len(txt))
+    if lab_i is not None and lab_t is lab_i:
+        ot = oi
+    oi, ot = oi[_spread(len(oi), max_items)], ot[_spread(len(ot), max_items)]
+    ax = _new_ax(ax, figsize=(6.5, 5.5))
+    if joint:
+        z = np.vstack([img[oi], txt[ot]])
+        sim = z @ z.T
+        im = ax.imshow(sim, cmap=cmap, interpolation="nearest")
+        ax.axhline(len(oi) - 0.5, color="white", lw=1.2)
+        ax.axvline(len(oi) - 0.5, color="white", lw=1.2)
+        ticks = [len(oi) / 2 - 0.5, len(oi) + len(ot) / 2 - 0.5]
+        ax.set_xticks(ticks, ["images", "texts"])
+        ax.set_yticks(ticks, ["images", "texts"])
+        default = "Cosine similarity within and across modalities"
+    else:
+        sim = img[oi] @ txt[ot].T
+        im = ax.imshow(sim, cmap=cmap, interpolation="nearest", aspect="auto")
+        ax.set_xlabel(f"text ({len(ot)} shown" + (", sorted by class)" if lab_t is not None else ")"))
+        ax.set_ylabel(f"image ({len(oi)} shown" + (", sorted by class)" if lab_i is not None else ")"))
+        default = "Cosine similarity, images x texts"
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title(title if title is not None else default)
+    return ax
+
+
+# -- spectrum -----------------------------------------------------------------------------------
+def plot_spectrum(emb, *, ax=None, normalize: bool = True, relative: bool = True, log: bool = True,
+                  top: int | None = None, title: str | None = None):
+    """Covariance eigenvalues (:func:`modgap.metrics.spectrum`), largest first,
+    one line per set, each labelled with its effective rank.
+
+    Parameters
+    ----------
+    emb : array [N, D], or a mapping name -> array (e.g.
+        ``{"image": img, "text": txt}`` or several models)
+    normalize : L2-normalise rows first (default True)
+    relative : plot each eigenvalue's share of the total variance
+    log : logarithmic y axis (zero eigenvalues are left out)
+    top : plot only the first ``top`` eigenvalues
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    References
+    ----------
+    Jing et al., "Understanding Dimensional Collapse in Contrastive
+    Self-supervised Learning", ICLR 2022; Roy & Vetterli, EUSIPCO 2007.
+    """
+    sets = dict(emb) if isinstance(emb, Mapping) else {"embeddings": emb}
+    if not sets:
+        raise ValueError("emb is an empty mapping; pass at least one array of embeddings")
+    if top is not None and (not isinstance(top, Integral) or top < 1):
+        raise ValueError(f"top must be a positive integer or None, got {top!r}")
+    ax = _new_ax(ax, figsize=(7, 4.5))
+    for name, x in sets.items():
+        arr = _m._as_matrix(x, f"emb[{name!r}]" if len(sets) > 1 or name != "embeddings" else "emb",
+                            min_rows=2)
+        if normalize:
+            arr = _m._unit(arr, "emb")
+        ev = _m._spectrum(arr)
+        er = _m._effective_rank(ev)
+        vals = ev / ev.sum() if relative else ev
+        if top is not None:
+            vals = vals[:top]
+        idx = np.arange(1, len(vals) + 1)
+        keep = vals > 0 if log else np.ones(len(vals), dtype=bool)
+        ax.plot(idx[keep], vals[keep], "-", lw=1.6, label=f"{name} (effective rank {er:.1f})",
+                gid=f"spectrum-{name}")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("component, by variance")
+    ax.set_ylabel("share of variance" if relative else "eigenvalue")
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else "Covariance spectrum")
+    return ax
+
+
+# -- report comparison --------------------------------------------------------------------------
+def _reports_frame(reports) -> pd.DataFrame:
+    if isinstance(reports, pd.DataFrame):
+        df = reports
+    elif isinstance(reports, pd.Series):
+        df = reports.to_frame().T
+    elif isinstance(reports, Mapping):
+        df = pd.DataFrame({k: pd.Series(v) for k, v in reports.items()}).T
+    elif isinstance(reports, (list, tuple)) and all(isinstance(r, pd.Series) for r in reports):
+        df = pd.DataFrame(list(reports))
+    else:
+        raise ValueError("reports must be a DataFrame (one row per model), a Series, a list of Series "
+                         "from gap_report, or a mapping name -> Series")
+    if df.empty:
+        raise ValueError("reports holds no rows")
+    return df
+
+
+def plot_report_comparison(reports, metrics=None, *, ncols: int = 4, fig=None, title: str | None = None):
+    """Small bar charts, one panel per figure of :func:`modgap.metrics.gap_report`,
+    one bar per model, each bar labelled with its value.
+
+    Parameters
+    ----------
+    reports : DataFrame (rows are models), a list of Series, or a mapping
+        name -> Series, as returned by ``gap_report``.
+    metrics : sequence of str or None
+        Which entries to show; by default the gap, alignment, uniformity,
+        separability, rank, recall@1 and zero-shot entries that are present.
+    ncols : int
+    fig : matplotlib Figure or None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    df = _reports_frame(reports)
+    if metrics is None:
+        metrics = [c for c in _REPORT_DEFAULTS if c in df.columns]
+        if not metrics:
+            raise ValueError("reports has none of the usual gap_report entries; pass metrics=[...]")
+    else:
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        missing = [c for c in metrics if c not in df.columns]
+        if missing or not metrics:
+            raise ValueError(f"metrics names entries that reports lacks: {missing}; "
+                             f"available: {list(df.columns)}")
+    if not isinstance(ncols, Integral) or ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
+    ncols = min(int(ncols), len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    if fig is None:
+        fig = _pyplot().figure(figsize=(3.3 * ncols, 2.9 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    names = [str(i) for i in df.index]
+    colors = [f"C{i % 10}" for i in range(len(names))]
+    for ax, metric in zip(axes, metrics):
+        vals = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=np.float64)
+        bars = ax.bar(np.arange(len(names)), np.nan_to_num(vals), color=colors, gid=f"bars-{metric}")
+        ax.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.3g}" for v in vals], fontsize="x-small")
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize="small")
+        ax.set_title(metric, fontsize="medium")
+        ax.margins(y=0.15)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(title if title is not None else "Gap report comparison")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,420 @@
+"""ReCLIP and its graph pieces: the projection, the kNN graph, conjugate
+gradient, label propagation, and the two-branch self-training."""
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import torch
+import torch.nn.functional as F
+
+from modgap import data
+from modgap.adapt.graph import (conjugate_gradient, knn_affinity, label_propagation, normalized_adjacency,
+                                projection, propagate)
+from modgap.adapt.reclip import ReCLIP, run_reclip, text_norm_parameters, visual_norm_parameters
+
+
+def unit(x):
+    return F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=-1)
+
+
+def dense_label_scores(image_emb, class_emb, k, alpha, max_iter=20, tol=1e-6, project=True):
+    """The same equations written densely, solved with scipy's cg per class."""
+    nodes = torch.cat([class_emb, image_emb])
+    if project:
+        nodes = nodes @ projection(class_emb)
+    nodes = unit(nodes).double()
+    n, c = nodes.shape[0], class_emb.shape[0]
+    a = (nodes @ nodes.T + 1) / 2
+    a.fill_diagonal_(0)
+    v, i = a.topk(k, dim=1)
+    w = torch.zeros_like(a).scatter_(1, i, v)
+    w = (w + w.T) / 2
+    d = w.sum(1).rsqrt()
+    wn = (d[:, None] * w * d[None, :]).numpy()
+    system = np.eye(n) - alpha * wn
+    cols = []
+    for j in range(c):
+        y = np.zeros(n)
+        y[j] = 1
+        f, _ = sla.cg(system, y, rtol=tol, maxiter=max_iter)
+        cols.append(f)
+    return np.stack(cols, axis=1)[c:]
+
+
+def clusters(c=4, per=30, dim=16, spread=0.15, seed=0):
+    """Well separated image clusters, each with a class embedding near it
+    (offset by a shared "modality gap" vector), and the true labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = unit(torch.randn(c, dim, generator=g))
+    gap = 0.5 * unit(torch.randn(dim, generator=g))
+    labels = torch.arange(c).repeat_interleave(per)
+    images = unit(centres[labels] + spread * torch.randn(c * per, dim, generator=g))
+    classes = unit(centres + gap)
+    return images, classes, labels
+
+
+# -- projection -------------------------------------------------------------
+def test_projection_is_an_orthogonal_projector_without_the_shared_direction():
+    g = torch.Generator().manual_seed(1)
+    shared = unit(torch.randn(32, generator=g))
+    cls = unit(3 * shared + torch.randn(6, 32, generator=g))
+    p = projection(cls)
+    assert p.shape == (32, 32)
+    torch.testing.assert_close(p @ p, p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(p, p.T, atol=1e-6, rtol=0)
+    u0 = torch.linalg.svd(cls.T.double())[0][:, 0].float()
+    assert (p @ u0).norm() < 1e-5
+    assert round(float(torch.trace(p))) == 5  # C - 1 directions kept
+    # the rest of the class embeddings' span is kept: residuals lie along u0 only
+    resid = cls - cls @ p
+    assert torch.allclose(resid, (resid @ u0)[:, None] * u0[None], atol=1e-5)
+
+
+def test_projection_rank_cap_and_duplicate_classes():
+    g = torch.Generator().manual_seed(2)
+    cls = unit(torch.randn(8, 24, generator=g))
+    assert round(float(torch.trace(projection(cls, rank_cap=4)))) == 3
+    dup = torch.cat([cls[:5], cls[:1]])  # 6 rows, rank 5
+    assert round(float(torch.trace(projection(dup)))) == 4
+
+
+def test_projection_with_two_classes_warns_and_falls_back_to_identity():
+    cls = unit(torch.randn(2, 10, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(UserWarning, match="collapse"):
+        p = projection(cls)
+    torch.testing.assert_close(p, torch.eye(10))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros(5), "class_emb must be 2-D"),
+    (np.ones((1, 4)), "at least 2 rows"),
+    (np.full((3, 4), np.nan), "NaN"),
+])
+def test_projection_rejects_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        projection(bad)
+
+
+def test_projection_rejects_bad_rank_cap():
+    with pytest.raises(ValueError, match="rank_cap"):
+        projection(np.eye(4), rank_cap=0)
+
+
+# -- graph and solver ---------------------------------------------------------
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_knn_affinity_matches_the_dense_definition(chunk):
+    x = unit(torch.randn(90, 12, generator=torch.Generator().manual_seed(3)))
+    k = 5
+    a = (x @ x.T + 1) / 2
+    a.fill_diagonal_(0)
+    v, i = a.topk(k, dim=1)
+    top = torch.zeros_like(a).scatter_(1, i, v)
+    expected = (top + top.T) / 2
+    w = knn_affinity(x, k=k, chunk_size=chunk)
+    assert w.is_sparse and w._nnz() <= 2 * k * 90
+    torch.testing.assert_close(w.to_dense(), expected, atol=1e-6, rtol=0)
+    assert torch.all(w.to_dense().diagonal() == 0)
+
+
+def test_knn_affinity_rejects_k_too_large():
+    with pytest.raises(ValueError, match="k=10"):
+        knn_affinity(unit(torch.randn(10, 3)), k=10)
+
+
+def test_normalized_adjacency_divides_by_row_sums():
+    x = unit(torch.randn(40, 6, generator=torch.Generator().manual_seed(4)))
+    w = knn_affinity(x, k=4)
+    wd = w.to_dense()
+    d = wd.sum(1).rsqrt()
+    wn = normalized_adjacency(w)
+    torch.testing.assert_close(wn.to_dense(), d[:, None] * wd * d[None, :], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("max_iter", [3, 50])
+def test_conjugate_gradient_matches_scipy_per_column(max_iter):
+    g = torch.Generator().manual_seed(5)
+    m = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    b[:, 2] = 0  # a zero right-hand side stays zero
+    x = conjugate_gradient(lambda v: a @ v, b, max_iter=max_iter, tol=1e-8)
+    for j in range(4):
+        ref, _ = sla.cg(a.numpy(), b[:, j].numpy(), rtol=1e-8, maxiter=max_iter)
+        np.testing.assert_allclose(x[:, j].numpy(), ref, rtol=1e-6, atol=1e-9)
+    if max_iter == 50:
+        torch.testing.assert_close(a @ x, b, atol=1e-6, rtol=0)
+
+
+# -- label propagation --------------------------------------------------------
+def test_label_propagation_labels_each_cluster_by_its_seed():
+    images, classes, labels = clusters()
+    pred, scores = label_propagation(images, classes, k=8, return_scores=True)
+    assert pred.dtype == torch.long and pred.shape == (120,)
+    assert torch.equal(pred, labels)
+    assert scores.shape == (120, 4)
+    assert torch.equal(scores.argmax(1), pred)
+
+
+def test_label_propagation_follows_clusters_where_zero_shot_fails():
+    # two clusters in a patch of the sphere; both class embeddings sit 0.8 to
+    # the right of their cluster's centre, so nearest-class cuts the right
+    # cluster at x = 0.8, while the graph keeps each cluster whole
+    g = torch.Generator().manual_seed(4)
+    per = 60
+    labels = torch.arange(2).repeat_interleave(per)
+    centres = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+
+    def lift(p):
+        return unit(torch.cat([p, torch.full((len(p), 1), 3.0), 0.01 * torch.randn(len(p), 5, generator=g)], 1))
+
+    images = lift(centres[labels] + 0.25 * torch.randn(2 * per, 2, generator=g))
+    classes = lift(centres + torch.tensor([0.8, 0.0]))
+    zero_shot = (images @ classes.T).argmax(1)
+    pred = label_propagation(images, classes, k=10, project=False)
+    assert (zero_shot == labels).float().mean() < 0.95
+    assert torch.equal(pred, labels)
+
+
+def test_label_propagation_matches_a_dense_implementation():
+    images, classes, labels = clusters(c=5, per=40, dim=20, spread=0.6, seed=7)
+    pred, scores = label_propagation(images, classes, k=10, return_scores=True)
+    ref = dense_label_scores(images, classes, k=10, alpha=0.99)
+    np.testing.assert_allclose(scores.numpy(), ref, rtol=1e-3, atol=1e-5)
+    assert np.array_equal(pred.numpy(), ref.argmax(1))
+
+
+def test_label_propagation_is_the_same_in_any_chunk_size():
+    images, classes, _ = clusters(c=5, per=30, spread=0.5, seed=8)
+    a, sa = label_propagation(images, classes, k=6, return_scores=True)
+    b, sb = label_propagation(images, classes, k=6, return_scores=True, chunk_size=11)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(sa, sb, atol=1e-5, rtol=1e-4)
+
+
+def test_unreached_images_take_the_nearest_seed_not_class_zero():
+    # two far-apart groups; all seeds sit by the first group, so with a small
+    # k no edge reaches the second one
+    g = torch.Generator().manual_seed(9)
+    near = unit(torch.tensor([1.0, 0, 0, 0]) + 0.05 * torch.randn(20, 4, generator=g))
+    far = unit(torch.tensor([0, 0, 0, 1.0]) + 0.05 * torch.randn(20, 4, generator=g))
+    classes = unit(torch.tensor([[1.0, 0.2, 0, 0], [1.0, -0.2, 0, 0.3]]))
+    res = propagate(torch.cat([near, far]), classes, k=3, project=False, max_iter=5)
+    assert res.unreached > 0
+    unreached = res.scores.abs().amax(1) == 0
+    nearest = (res.features @ res.features[:2].T).argmax(1)
+    assert torch.equal(res.labels[unreached], nearest[unreached])
+    assert bool((nearest[unreached] == 1).any())  # would have been 0 by plain argmax
+
+
+def test_centroids_keep_the_seed_for_an_empty_class():
+    images, classes, _ = clusters(c=3, per=10)
+    res = propagate(images, classes, k=5)
+    res.labels = torch.zeros_like(res.labels)  # every node in class 0
+    cent = res.centroids(torch.cat([classes, images]), fallback=classes)
+    assert torch.isfinite(cent).all()
+    torch.testing.assert_close(cent[1:], classes[1:])
+    torch.testing.assert_close(cent[0], unit(torch.cat([classes, images]).mean(0)))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(k=0), "k must be"), (dict(k=500), "k=500"), (dict(alpha=1.0), "alpha"),
+    (dict(max_iter=0), "max_iter"), (dict(tol=-1.0), "tol"),
+])
+def test_label_propagation_rejects_bad_arguments(kw, match):
+    images, classes, _ = clusters(c=3, per=5)
+    with pytest.raises(ValueError, match=match):
+        label_propagation(images, classes, **kw)
+
+
+def test_label_propagation_rejects_mismatched_dims():
+    with pytest.raises(ValueError, match="dim"):
+        label_propagation(torch.randn(10, 4), torch.randn(3, 5))
+
+
+# -- ReCLIP -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def target():
+    return data.load("shapes", n=48, seed=11, domain="sketch")
+
+
+def make(clip, ds, **kw):
+    kw.setdefault("epochs", 2)
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("k", 5)
+    kw.setdefault("lr_visual", 0.5)
+    kw.setdefault("lr_text", 0.5)
+    kw.setdefault("progress", False)
+    return ReCLIP(clip, ds.classnames, ds.templates, **kw)
+
+
+@pytest.fixture(scope="module")
+def fitted(clip, target):
+    rows = []
+    est = make(clip, target, callback=rows.append).fit(target, labels=target.labels)
+    return est, rows
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_records_history_and_calls_back_every_epoch(fitted, target):
+    est, rows = fitted
+    h = est.history_
+    assert list(h.epoch) == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1] == pytest.approx(h.iloc[-1].to_dict(), nan_ok=True)
+    for col in ("agreement", "pl_acc_v", "pl_acc_t", "pl_acc_agreed", "acc_v", "acc_t", "acc", "gap_v", "gap_t"):
+        assert h[col].between(0, 2).all(), col
+    assert np.isnan(h.loss_v[0]) and np.isfinite(h.loss_v[1:]).all()
+    # the final row describes the final model's predictions on the fit images
+    assert h.acc.iloc[-1] == pytest.approx(float((est.labels_ == target.labels).mean()))
+
+
+def test_only_layernorms_change_in_each_branch(fitted, clip):
+    est, _ = fitted
+    before = state(clip.model)
+    v_names = {n for n, _ in visual_norm_parameters(est.visual_model_)}
+    t_names = {n for n, _ in text_norm_parameters(est.text_model_)}
+    assert v_names and t_names and not v_names & t_names
+    for model, allowed in ((est.visual_model_, v_names), (est.text_model_, t_names)):
+        changed = {k for k, v in state(model).items() if not torch.equal(v, before[k])}
+        assert changed, "the branch did not train"
+        assert changed <= allowed, changed - allowed
+
+
+def test_fit_leaves_the_callers_model_alone(clip, target):
+    before = state(clip.model)
+    flags = {n: p.requires_grad for n, p in clip.model.named_parameters()}
+    make(clip, target, epochs=1).fit(target)
+    after = state(clip.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert flags == {n: p.requires_grad for n, p in clip.model.named_parameters()}
+
+
+def test_training_uses_only_images_where_the_branches_agree(clip, target, monkeypatch):
+    est = make(clip, target, epochs=2)
+    n = len(target.labels)
+    c = len(est.classnames)
+    agreed, trained = [], []
+    last_v = {}
+    real_propagate = est._propagate
+
+    def forced(image_emb, class_emb):
+        res = real_propagate(image_emb, class_emb)
+        if "v" not in last_v:  # ReCLIP-V runs first in every evaluation
+            last_v["v"] = res.image_labels.clone()
+        else:  # ReCLIP-T: made to disagree with ReCLIP-V on the first half of the images
+            v = last_v.pop("v")
+            res.labels[c:c + n // 2] = (v[:n // 2] + 1) % c
+            agree = v == res.image_labels
+            agreed.append(set(torch.nonzero(agree).flatten().tolist()))
+            trained.append([])
+        return res
+
+    real_pixels = est._pixels
+
+    def spy(kind, items, idx):
+        if torch.is_grad_enabled():  # the evaluation passes run without gradients
+            trained[-1].extend(int(i) for i in idx)
+        return real_pixels(kind, items, idx)
+
+    monkeypatch.setattr(est, "_propagate", forced)
+    monkeypatch.setattr(est, "_pixels", spy)
+    est.fit(target)
+    assert len(agreed) == 3 and trained[-1] == []
+    assert agreed[0] == set(range(n // 2, n))  # the branches start out identical
+    for epoch in range(2):
+        assert agreed[epoch] <= set(range(n // 2, n))
+        assert sorted(trained[epoch]) == sorted(agreed[epoch])  # each agreed image once, no other
+        assert est.history_.trained[epoch + 1] == len(agreed[epoch])
+        assert est.history_.agreement[epoch] == pytest.approx(len(agreed[epoch]) / n)
+
+
+def test_fit_is_deterministic_on_cpu_for_a_fixed_seed(clip, target, fitted):
+    est, _ = fitted
+    again = make(clip, target).fit(target, labels=target.labels)
+    for a, b in ((est.visual_model_, again.visual_model_), (est.text_model_, again.text_model_)):
+        sa, sb = state(a), state(b)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert est.history_.equals(again.history_)
+    other = make(clip, target, seed=1).fit(target)
+    sa, so = state(est.visual_model_), state(other.visual_model_)
+    assert any(not torch.equal(sa[k], so[k]) for k in sa)
+
+
+def test_predict_is_the_average_of_the_branches(fitted, target):
+    est, _ = fitted
+    both = est.predict_logits(target)
+    v = est.predict_logits(target, branch="visual")
+    t = est.predict_logits(target, branch="text")
+    np.testing.assert_allclose(both, 0.5 * (v + t), rtol=1e-5, atol=1e-4)
+    assert np.array_equal(est.predict(target), both.argmax(1))
+    assert np.array_equal(est.predict(target.images), est.labels_)
+    assert est.score(target, target.labels) == pytest.approx(est.history_.acc.iloc[-1])
+
+
+def test_save_and_load_round_trip(fitted, clip, target, tmp_path):
+    est, _ = fitted
+    est.save(tmp_path / "r")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        est.save(tmp_path / "r")
+    loaded = ReCLIP.load(tmp_path / "r", clip)
+    np.testing.assert_array_equal(loaded.predict_logits(target), est.predict_logits(target))
+    assert loaded.get_params() == est.get_params()
+    np.testing.assert_allclose(loaded.history_.acc, est.history_.acc)
+    sv = state(est.visual_model_)
+    assert all(torch.equal(v, sv[k]) for k, v in state(loaded.visual_model_).items())
+
+
+def test_load_rejects_another_architecture(fitted, tmp_path):
+    import open_clip
+
+    from modgap import Clip
+    from modgap.zoo import register
+
+    est, _ = fitted
+    est.save(tmp_path / "r")
+    register()
+    other = Clip(open_clip.create_model("modgap-tiny"), tokenizer=open_clip.get_tokenizer("modgap-tiny"),
+                 device="cpu")
+    with pytest.raises(ValueError, match="architecture"):
+        ReCLIP.load(tmp_path / "r", other)
+
+
+def test_run_reclip_takes_names_templates_and_labels_from_an_image_set(clip, target, tmp_path):
+    est = run_reclip(clip, target, out=tmp_path / "out", epochs=1, k=5, batch_size=16, progress=False)
+    assert est.classnames == list(target.classnames)
+    assert est.history_.acc.notna().all()
+    assert (tmp_path / "out" / "reclip.json").is_file()
+
+
+def test_predict_before_fit_says_so(clip, target):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make(clip, target).predict(target)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(epochs=-1), "epochs"), (dict(batch_size=0), "batch_size"), (dict(alpha=0.0), "alpha"),
+    (dict(lr_visual=-1.0), "lr_visual"), (dict(k=0), "k must"), (dict(rank_cap=0), "rank_cap"),
+    (dict(templates=["no slot"]), "template"), (dict(classnames=["one"]), "at least 2"),
+    (dict(classnames=["a", "a"]), "duplicates"), (dict(callback=3), "callback"),
+])
+def test_reclip_rejects_bad_settings(clip, target, kw, match):
+    args = dict(classnames=target.classnames, templates=target.templates, progress=False)
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ReCLIP(clip, **args)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (np.zeros(3, dtype=int), "one entry per image"), (np.full(48, 9), r"\[0, 6\)"),
+    (np.zeros(48), "integer"),
+])
+def test_fit_rejects_bad_labels(clip, target, labels, match):
+    with pytest.raises(ValueError, match=match):
+        make(clip, target).fit(target, labels=labels)
+
+
+def test_fit_rejects_k_larger_than_the_graph(clip, target):
+    with pytest.raises(ValueError, match="k=60"):
+        make(clip, target, k=60).fit(target.images[:10])

@@ -1,0 +1,216 @@
+"""CLIPRefine and RefineObjective on a random-init modgap-tiny: a full fit,
+the untouched caller's model and teacher, RaFA's references, determinism,
+saving and loading, logging and the parameter checks."""
+import copy
+
+import numpy as np
+import pandas as pd
+import open_clip
+import pytest
+import torch
+
+import modgap
+from modgap import data, zoo
+from modgap.adapt import refine as refine_mod
+from modgap.adapt.refine import CLIPRefine, RefineObjective, default_hyperparameters, refine
+from modgap.embed import pixels_to_tensor
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    zoo.register()
+    torch.manual_seed(0)
+    model = open_clip.create_model("modgap-tiny")
+    return modgap.Clip(model, tokenizer=open_clip.get_tokenizer("modgap-tiny"), device="cpu", name="tiny-random")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return data.load("shapes-pairs", split="train", n=56, seed=11)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny, pairs):
+    return pixels_to_tensor(pairs.images[:8]), tiny.tokenize(pairs.first_captions()[:8])
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def small(tiny, **kw):
+    args = dict(epochs=1, batch_size=16, lr=1e-3, holdout=8, progress=False)
+    args.update(kw)
+    return CLIPRefine(tiny, **args)
+
+
+def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path):
+    before = state(tiny.model)
+    seen = []
+    ref = small(tiny, method="tiny-refine", log_every=1).fit(pairs, callback=lambda rec, est: seen.append(rec))
+    # the caller's model is untouched; the refined copy moved
+    assert same_state(before, state(tiny.model))
+    assert ref.model_ is not tiny.model
+    assert not same_state(before, state(ref.model_))
+    assert ref.n_steps_ == (56 - 8) // 16 == 3
+    assert not ref.model_.training
+    # clip_ wraps the refined model with the original preprocessing and tokenizer
+    assert isinstance(ref.clip_, modgap.Clip) and ref.clip_.model is ref.model_
+    assert ref.clip_.preprocess is tiny.preprocess and ref.clip_.tokenizer is tiny.tokenizer
+    # history: row 0 before training, one row per step after it
+    h = ref.history_
+    assert list(h["step"]) == [0, 1, 2, 3]
+    for col in ("loss", "rafa", "hycd", "centroid_distance", "lr", "epoch", "pairs_seen"):
+        assert col in h.columns
+    assert np.isnan(h.loc[0, "loss"]) and np.isfinite(h.loc[1:, "loss"]).all()
+    np.testing.assert_allclose(h.loc[1:, "loss"], h.loc[1:, "rafa"] + h.loc[1:, "hycd"], rtol=1e-6)
+    assert np.isfinite(h["centroid_distance"]).all() and (h["centroid_distance"] > 0).all()
+    assert (h["lr"] == 1e-3).all()
+    # the first gap is the untouched model's; the callback saw every step
+    probe = small(tiny, method="tiny-refine").fit(pairs, callback=lambda rec, est: False)
+    assert probe.history_.loc[0, "centroid_distance"] == pytest.approx(h.loc[0, "centroid_distance"])
+    assert [r["step"] for r in seen] == [1, 2, 3]
+    assert all({"loss", "rafa", "hycd", "centroid_distance", "lr"} <= set(r) for r in seen)
+    # saved weights load back through modgap.load_model
+    path = ref.save(tmp_path / "refined.safetensors")
+    loaded = modgap.load_model(f"modgap-tiny:{path}", device="cpu")
+    texts = pairs.first_captions()[:4]
+    torch.testing.assert_close(loaded.encode_texts(texts), ref.clip_.encode_texts(texts))
+    torch.testing.assert_close(loaded.encode_images(pairs.images[:4]), ref.clip_.encode_images(pairs.images[:4]))
+
+
+def test_callback_returning_false_stops_training(tiny, pairs):
+    ref = small(tiny, method="rafa", batch_size=8).fit(pairs, callback=lambda rec, est: rec["step"] < 2)
+    assert ref.n_steps_ == 2
+    assert ref.history_["step"].iloc[-1] == 2
+
+
+def test_same_seed_same_weights_on_cpu_other_seed_other_weights(tiny, pairs):
+    a = small(tiny, method="tiny-refine", seed=3).fit(pairs)
+    b = small(tiny, method="tiny-refine", seed=3).fit(pairs)
+    c = small(tiny, method="tiny-refine", seed=4).fit(pairs)
+    assert same_state(state(a.model_), state(b.model_))
+    np.testing.assert_array_equal(a.history_["loss"].to_numpy(), b.history_["loss"].to_numpy())
+    assert not same_state(state(a.model_), state(c.model_))
+
+
+def test_fit_leaves_torch_global_random_state_alone(tiny, pairs):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    small(tiny, method="rafa", epochs=1).fit(pairs)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_teacher_is_frozen_in_eval_mode_and_never_changes(tiny, batch):
+    student, teacher = copy.deepcopy(tiny.model), copy.deepcopy(tiny.model)
+    teacher.train()
+    before = state(teacher)
+    obj = RefineObjective(student, {"rafa": 1.0, "hycd": 1.0}, teacher=teacher)
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    # the module's parameters are the student's only
+    assert sum(p.numel() for p in obj.parameters()) == sum(p.numel() for p in student.parameters())
+    opt = torch.optim.AdamW(obj.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = obj(*batch, generator=gen)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert same_state(before, state(teacher))
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not same_state(before, state(student))
+
+
+def test_rafa_references_are_one_per_pair_shared_and_fresh_each_step(tiny, batch, monkeypatch):
+    calls = []
+    real = refine_mod.rafa_loss
+
+    def spy(image_feat, text_feat, reference, normalize=False):
+        calls.append(reference.detach().clone())
+        return real(image_feat, text_feat, reference, normalize=normalize)
+
+    monkeypatch.setattr(refine_mod, "rafa_loss", spy)
+    obj = RefineObjective(copy.deepcopy(tiny.model), {"rafa": 1.0})
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        obj(*batch, generator=gen)
+        obj(*batch, generator=gen)
+    # one reference vector per pair, in the embedding dimension, used for image and text alike
+    assert calls[0].shape == (8, tiny.embed_dim)
+    assert not torch.equal(calls[0], calls[1])
+    # the same generator seed draws the same references
+    with torch.no_grad():
+        obj(*batch, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(calls[2], calls[0])
+
+
+def test_self_kd_starts_at_zero_loss_and_hycd_does_not(tiny, pairs):
+    kd = small(tiny, method="self-kd", alpha=0.9, log_every=1).fit(pairs)
+    assert kd.history_.loc[1, "hycd"] == pytest.approx(0.0, abs=1e-5)
+    hy = small(tiny, method="hycd", log_every=1).fit(pairs)
+    assert hy.history_.loc[1, "hycd"] > 1e-3
+
+
+def test_only_the_contrastive_method_trains_the_logit_scale(tiny, pairs):
+    scale = tiny.model.logit_scale.detach().clone()
+    con = small(tiny, method="contrastive").fit(pairs)
+    assert "contrastive" in con.history_.columns and "rafa" not in con.history_.columns
+    assert not torch.equal(con.model_.logit_scale.detach(), scale)
+    assert con.model_.logit_scale.exp().item() <= 100.0 + 1e-3
+    raf = small(tiny, method="rafa").fit(pairs)
+    assert torch.equal(raf.model_.logit_scale.detach(), scale)
+
+
+def test_eval_pairs_and_holdout_zero(tiny, pairs):
+    held = data.load("shapes-pairs", split="test", n=10, seed=1)
+    ref = small(tiny, method="rafa", holdout=0).fit(pairs, eval_pairs=held)
+    assert ref.n_steps_ == 56 // 16
+    assert np.isfinite(ref.history_["centroid_distance"]).all()
+    off = small(tiny, method="rafa", holdout=0).fit(pairs)
+    assert off.history_["centroid_distance"].isna().all()
+
+
+def test_defaults_follow_model_size(tiny):
+    assert default_hyperparameters(tiny.model) == {"lr": 1e-3, "batch_size": 128, "epochs": 2}
+    big = torch.nn.Linear(6000, 6000, device="meta")   # 36M parameters, no memory
+    assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1}
+
+
+@pytest.mark.parametrize("kw,name", [
+    (dict(method="nope"), "method"),
+    (dict(alpha=1.5), "alpha"),
+    (dict(batch_size=1), "batch_size"),
+    (dict(epochs=0), "epochs"),
+    (dict(lr=-1.0), "lr"),
+    (dict(temperature=0), "temperature"),
+    (dict(lambda_kd=-1), "lambda_kd"),
+    (dict(holdout=1.5), "holdout"),
+    (dict(holdout=60), "holdout"),
+])
+def test_bad_parameters_name_the_argument(tiny, pairs, kw, name):
+    with pytest.raises(ValueError, match=name):
+        small(tiny, **kw).fit(pairs)
+
+
+def test_wrong_input_types_are_named(tiny, pairs):
+    with pytest.raises(TypeError, match="clip"):
+        CLIPRefine(tiny.model).fit(pairs)
+    with pytest.raises(TypeError, match="pairs"):
+        small(tiny).fit(pairs.images)
+    with pytest.raises(RuntimeError, match="fit"):
+        small(tiny).save("/tmp/never.safetensors")
+
+
+def test_refine_entry_writes_weights_and_history_once(tiny, pairs, tmp_path):
+    out = tmp_path / "r.safetensors"
+    est = refine(tiny, pairs, method="rafa", out=out, epochs=1, batch_size=16, holdout=8, progress=False)
+    assert out.is_file() and (tmp_path / "r.history.csv").is_file()
+    assert len(pd.read_csv(tmp_path / "r.history.csv")) == len(est.history_)
+    with pytest.raises(FileExistsError, match="r.safetensors"):
+        refine(tiny, pairs, method="rafa", out=out, epochs=1, batch_size=16, holdout=8, progress=False)
