@@ -64,8 +64,8 @@ def make_inputs(n: int, dim: int, classes: int, seed: int = 0):
     for s in range(0, n, 8192):
         e = min(n, s + 8192)
         noise = torch.randn(e - s, dim, generator=g) / dim ** 0.5
-        images[s:e] = F.normalize(centres[labels[s:e]] + 0.8 * img_gap + 1.3 * noise, dim=-1)
-    cls = F.normalize(centres + 0.8 * txt_gap + 0.3 * torch.randn(classes, dim, generator=g) / dim ** 0.5, dim=-1)
+        images[s:e] = F.normalize(centres[labels[s:e]] + 0.8 * img_gap + 5.0 * noise, dim=-1)
+    cls = F.normalize(centres + 0.8 * txt_gap + torch.randn(classes, dim, generator=g) / dim ** 0.5, dim=-1)
     return images, cls, labels
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,9 +54,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.n < 10 or args.dim < 2:
         ap.error("--n must be at least 10 and --dim at least 2")
+    cache_dir = None
     if args.cold_cache:
-        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="modgap-numba-")
+        cache_dir = tempfile.mkdtemp(prefix="modgap-numba-")
+        os.environ["NUMBA_CACHE_DIR"] = cache_dir
+    try:
+        return run(args)
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
+
+def run(args) -> int:
     x = make_embeddings(args.n, args.dim, args.seed)
     from modgap import viz
 
@@ -73,7 +83,9 @@ def main(argv=None) -> int:
     second = viz.fit_2d(x, "umap", random_state=args.seed)
     t_second = time.perf_counter() - t0
 
-    print(f"UMAP of {args.n} + {args.n} embeddings, D={args.dim}, random_state={args.seed}")
+    knn = "exact, blocked matrix products" if 2 * args.n <= viz.EXACT_KNN_MAX else "pynndescent"
+    print(f"UMAP of {args.n} + {args.n} embeddings, D={args.dim}, random_state={args.seed}, "
+          f"fit_2d defaults (n_epochs=200, neighbours: {knn})")
     print(f"cores: {os.cpu_count()}, load average before the fits: {load[0]:.2f}, "
           f"numba cache: {'cold (fresh folder)' if args.cold_cache else 'as installed'}")
     print(f"import umap:                   {t_import:7.2f} s")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["EmbeddingCache", "fingerprint_model", "fingerprint_inputs"]
+__all__ = ["EmbeddingCache", "fingerprint_inputs", "fingerprint_model"]
 
 
 def _h(*parts) -> str:
@@ -33,7 +33,7 @@ def _h(*parts) -> str:
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _CHUNK = 1 << 22
 # model -> (checksums of its tensors, fingerprint); entries go when the model does
-_model_fp: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+_model_fp: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,10 @@ def _device_checksums(state) -> tuple:
     return tuple(torch.cat(sums).tolist()) if sums else ()
 
 
+def _in_host_memory(state) -> bool:
+    return all(v.device.type == "cpu" for v in state.values())
+
+
 def fingerprint_model(model: torch.nn.Module) -> str:
     """A hash of the name, dtype, shape and bytes of every parameter and buffer.
 
@@ -82,7 +86,7 @@ def fingerprint_model(model: torch.nn.Module) -> str:
     hit does not copy the whole model to the host.
     """
     state = model.state_dict()
-    if all(v.device.type == "cpu" for v in state.values()):
+    if _in_host_memory(state):
         return _full_hash(state)
     try:
         sig = (tuple((k, str(v.dtype), tuple(v.shape)) for k, v in state.items()), _device_checksums(state))
@@ -150,7 +154,7 @@ class EmbeddingCache:
                 ok = str(z["key"]) == key and str(z["checksum"]) == _h(emb.tobytes())
             if not ok or (n_rows is not None and emb.shape[0] != n_rows):
                 raise ValueError("key, checksum or shape mismatch")
-        except Exception as e:  # unreadable entry: recompute, never return it
+        except Exception as e:  # noqa: BLE001 - an unreadable entry is recomputed, never returned
             warnings.warn(f"embedding cache entry {p.name} is corrupt ({e}); recomputing", stacklevel=3)
             self.misses += 1
             return None

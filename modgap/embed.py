@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
-    "pixels_to_tensor", "normalize_stats", "fast_path_ok", "image_inputs", "autocast_for",
     "PROGRESS_MIN",
+    "autocast_for",
+    "fast_path_ok",
+    "image_inputs",
+    "normalize_stats",
+    "pixels_to_tensor",
 ]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -147,7 +151,7 @@ def read_images_skipping(paths: list[Path]):
     for i, p in enumerate(paths):
         try:
             good.append(read_image(p))
-        except Exception:  # any decoder error means the file is unusable
+        except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
             bad.append(i)
     if bad:
         names = ", ".join(str(paths[i]) for i in bad[:10])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["save_state_dict", "atomic_write_text"]
+__all__ = ["atomic_write_text", "save_state_dict"]
 
 
 def _tmp_beside(path: Path, suffix: str) -> str:

@@ -211,7 +211,7 @@ def centroid_distance(image_emb, text_emb) -> float:
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 3 ("gap distance").
+    Liang et al., "Mind the Gap", NeurIPS 2022 (the "gap distance").
     """
     img, txt = _pair(image_emb, text_emb)
     return float(np.linalg.norm(_centroid_gap(img, txt)))
@@ -247,7 +247,7 @@ def gap_vector(image_emb, text_emb):
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3 (the shifting
+    Liang et al., "Mind the Gap", NeurIPS 2022, Table 1 (the shifting
     experiment moves embeddings along this direction).
     """
     img, txt = _pair(image_emb, text_emb)
@@ -330,13 +330,15 @@ def unpaired_cosine(image_emb, text_emb, text_to_image=None) -> float:
     """Mean cosine similarity of every (image, text) combination that is not
     a matched pair (see :func:`paired_cosine` for the pairing).
 
-    Computed exactly, without the full similarity matrix, from
-    ``sum_ij <x_i, y_j> = <sum_i x_i, sum_j y_j>``.
+    It is the baseline against which :func:`paired_cosine` is read: a
+    model can have low matched cosines and still retrieve well when the
+    unmatched ones are lower still. Computed exactly, without the full
+    similarity matrix, from ``sum_ij <x_i, y_j> = <sum_i x_i, sum_j y_j>``.
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022 (the cosine similarity of
-    mismatched pairs stays well above 0 in CLIP: the cone effect).
+    Liang et al., "Mind the Gap", NeurIPS 2022 (cosine similarities of
+    CLIP embeddings, matched and not).
     """
     img, txt = _pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
@@ -357,7 +359,7 @@ def alignment(image_emb, text_emb, alpha: float = 2.0, text_to_image=None) -> fl
     References
     ----------
     Wang, Isola, "Understanding Contrastive Representation Learning through
-    Alignment and Uniformity on the Hypersphere", ICML 2020, Eq. (2).
+    Alignment and Uniformity on the Hypersphere", ICML 2020 (the alignment loss).
     """
     if not isinstance(alpha, Real) or not alpha > 0:
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
@@ -384,7 +386,7 @@ def uniformity(emb, t: float = 2.0, sample_size: int | None = None, random_state
 
     References
     ----------
-    Wang, Isola, ICML 2020, Eq. (3).
+    Wang, Isola, ICML 2020 (the uniformity loss).
     """
     if not isinstance(t, Real) or not t > 0:
         raise ValueError(f"t must be a positive number, got {t!r}")
@@ -431,10 +433,10 @@ def linear_separability(image_emb, text_emb, test_size: float = 0.25, C: float =
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022 (a linear classifier tells
-    the modalities apart perfectly); Shi et al., "Towards Understanding the
-    Modality Gap in CLIP", ICLR 2023 workshop; scikit-learn's
-    ``LogisticRegression``.
+    Alain, Bengio, "Understanding intermediate layers using linear
+    classifier probes", arXiv 1610.01644, 2016 (linear probes); Liang et
+    al., "Mind the Gap", NeurIPS 2022 (the modalities occupy separate
+    regions); scikit-learn's ``LogisticRegression``.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -501,7 +503,7 @@ def effective_rank(emb, normalize: bool = True) -> float:
     References
     ----------
     Roy, Vetterli, "The effective rank: A measure of effective
-    dimensionality", EUSIPCO 2007, Def. 1.
+    dimensionality", EUSIPCO 2007.
     """
     x = _as_matrix(emb, "emb", min_rows=2)
     if normalize:
@@ -529,7 +531,7 @@ def zero_shot_predict(image_emb, class_emb) -> np.ndarray:
     References
     ----------
     Radford et al., "Learning Transferable Visual Models From Natural
-    Language Supervision", ICML 2021, Sec. 3.1.2.
+    Language Supervision", ICML 2021 (zero-shot transfer).
     """
     img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
     cls = _check_class_emb(class_emb, img)
@@ -549,7 +551,7 @@ def zero_shot_accuracy(image_emb, class_emb, labels) -> float:
 
     References
     ----------
-    Radford et al., ICML 2021, Sec. 3.1.2.
+    Radford et al., ICML 2021 (zero-shot transfer).
     """
     img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
     cls = _check_class_emb(class_emb, img)
@@ -583,7 +585,7 @@ def retrieval_recall(image_emb, text_emb, k=(1, 5, 10), text_to_image=None) -> d
     ----------
     Karpathy, Fei-Fei, "Deep Visual-Semantic Alignments for Generating Image
     Descriptions", CVPR 2015 (R@k on COCO/Flickr with five captions per
-    image); Radford et al., ICML 2021, Table 13.
+    image); Radford et al., ICML 2021 (zero-shot retrieval).
     """
     ks = _check_ks(k)
     img, txt = _pair(image_emb, text_emb)
@@ -659,7 +661,7 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3 and Table 1
+    Liang et al., "Mind the Gap", NeurIPS 2022, Table 1
     (code: Weixin-Liang/Modality-Gap).
     """
     img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")

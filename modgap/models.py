@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import embed as _embed
 from .cache import EmbeddingCache, fingerprint_inputs, fingerprint_model
 
-__all__ = ["load_model", "Clip", "ModelLoadError", "parse_spec", "pick_device", "offline_models"]
+__all__ = ["Clip", "ModelLoadError", "load_model", "offline_models", "parse_spec", "pick_device"]
 
 
 class ModelLoadError(RuntimeError):
@@ -87,13 +87,14 @@ def offline_models(weights_cache_dir=None) -> list[str]:
     folders = [_hub_cache()] + ([str(weights_cache_dir)] if weights_cache_dir is not None else [])
     try:
         from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
     except ImportError:
         return found
     for folder in folders:
         try:
             repos = scan_cache_dir(folder).repos
-        except Exception:  # no such folder, or not a Hugging Face cache
-            continue
+        except (CacheNotFound, CorruptedCacheException, OSError, ValueError):
+            repos = ()
         for repo in sorted(repos, key=lambda r: r.repo_id):
             files = {f.file_name for rev in repo.revisions for f in rev.files}
             if "open_clip_config.json" in files and f"hf-hub:{repo.repo_id}" not in found:
@@ -130,7 +131,7 @@ def _offline_help(spec: str, err: Exception, weights_cache_dir) -> str:
 
 
 def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache_dir=None,
-               weights_cache_dir=None, precision: str = "fp32") -> "Clip":
+               weights_cache_dir=None, precision: str = "fp32") -> Clip:
     """Load a CLIP model as a :class:`Clip`.
 
     Parameters
@@ -156,7 +157,7 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
     register()
     schema, name, tag = parse_spec(spec, pretrained)
     dev = pick_device(device)
-    kwargs = dict(device=dev, precision=precision)
+    kwargs = {"device": dev, "precision": precision}
     label = spec if pretrained is None else f"{spec}:{pretrained}"
     if schema == "bundled":
         if tag is None:
@@ -278,7 +279,7 @@ class Clip:
         self.model = model
         if device is None:
             device = next(model.parameters()).device
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         self.model.to(self.device)
         if preprocess is None:
             size = model.visual.image_size
@@ -310,12 +311,12 @@ class Clip:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
 
-    def with_model(self, model, name: str | None = None) -> "Clip":
+    def with_model(self, model, name: str | None = None) -> Clip:
         """A new Clip with the same preprocessing and tokenizer around ``model``."""
         return Clip(model, self.preprocess, self.tokenizer, device=self.device,
                     name=name or self.name, cache_dir=self.cache_dir)
 
-    def copy(self, name: str | None = None) -> "Clip":
+    def copy(self, name: str | None = None) -> Clip:
         """A deep copy of the model, for training without touching this one."""
         return self.with_model(copy.deepcopy(self.model), name=name)
 

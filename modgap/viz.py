@@ -13,8 +13,9 @@ carry a ``gid``: ``"image-points"``, ``"text-points"``,
 2-D maps come from :func:`fit_2d` (UMAP, PCA or t-SNE, seeded). umap-learn
 is imported on first use only, once per process, and always receives
 float32 arrays with the same metric, so numba compiles its kernels once per
-process (about 10-30 s, see ``benchmarks/umap_time.py``) and every later map
-reuses them.
+process (about 20 s on two busy cores, see ``benchmarks/umap_time.py``) and
+every later map reuses them; UMAP's neighbour search is done here for maps of
+up to 20,000 points, which spares pynndescent's compilation too.
 
 References
 ----------
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Mapping
 from numbers import Integral
 
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 METHODS = ("umap", "pca", "tsne")
+# up to this many points UMAP gets exact neighbours from blocked matrix products
+EXACT_KNN_MAX = 20000
 _AXIS_NAME = {"umap": "UMAP", "pca": "PC", "tsne": "t-SNE"}
 _METHOD_NAME = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 _MARKER = {"image": "o", "text": "^"}
@@ -63,6 +67,26 @@ _REPORT_DEFAULTS = (
 
 
 # -- 2-D reduction -----------------------------------------------------------------
+def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row of ``x`` by Euclidean distance,
+    itself first, in UMAP's ``precomputed_knn`` form (indices, distances)."""
+    n = len(x)
+    sq = np.einsum("ij,ij->i", x, x)
+    idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k), dtype=np.float32)
+    rows = max(1, _m._BLOCK // n)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
+        d2[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        part_d2 = np.take_along_axis(d2, part, axis=1)
+        order = np.argsort(part_d2, axis=1, kind="stable")
+        idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        dist[start:stop] = np.sqrt(np.clip(np.take_along_axis(part_d2, order, axis=1), 0.0, None))
+    return idx, dist
+
+
 @functools.lru_cache(maxsize=1)
 def _umap_class():
     try:
@@ -85,8 +109,16 @@ def fit_2d(X, method: str = "umap", random_state: int = 0, return_reducer: bool 
         which Euclidean neighbours are cosine neighbours).
     method : {"umap", "pca", "tsne"}
         ``"umap"``: ``umap.UMAP`` with ``n_neighbors=min(15, N - 1)``,
-        ``min_dist=0.1``, Euclidean metric, single-threaded so that a fixed
-        ``random_state`` gives the same map every run. ``"pca"``:
+        ``min_dist=0.1``, Euclidean metric, ``n_epochs=200`` (umap-learn's
+        own choice for large sets; it would use 500 below 10,000 points),
+        single-threaded so that a fixed ``random_state`` gives the same map
+        every run. Up to ``EXACT_KNN_MAX`` (20,000) points the exact nearest
+        neighbours are computed here by blocked matrix products and handed
+        to UMAP as ``precomputed_knn``: faster than pynndescent at this size
+        and free of its long first numba compile. Above that, with another
+        ``metric``, or with ``return_reducer=True`` (a UMAP fitted on given
+        neighbours cannot ``transform`` new points), UMAP finds neighbours
+        itself. ``"pca"``:
         scikit-learn ``PCA`` (full SVD, deterministic). ``"tsne"``:
         scikit-learn ``TSNE`` with PCA initialisation and
         ``perplexity=min(30, (N - 1) / 3)``.
@@ -94,7 +126,8 @@ def fit_2d(X, method: str = "umap", random_state: int = 0, return_reducer: bool 
         Seed of the reducer.
     return_reducer : bool
         Also return the fitted reducer object (``umap.UMAP``, ``PCA`` or
-        ``TSNE``), e.g. to ``transform`` new points with UMAP or PCA.
+        ``TSNE``), e.g. to place new points with ``reducer.transform``
+        (UMAP and PCA; t-SNE has no transform).
     **kwargs
         Passed to the reducer, overriding the defaults above (for UMAP e.g.
         ``n_neighbors``, ``min_dist``, ``n_epochs``).
@@ -137,11 +170,20 @@ def fit_2d(X, method: str = "umap", random_state: int = 0, return_reducer: bool 
     else:
         if n < 5:
             raise ValueError(f"X has {n} rows; UMAP needs at least 5 (or use method='pca')")
-        params = {"n_neighbors": min(15, n - 1), "min_dist": 0.1, "metric": "euclidean",
+        params = {"n_neighbors": min(15, n - 1), "min_dist": 0.1, "metric": "euclidean", "n_epochs": 200,
                   "random_state": random_state, "n_jobs": 1}
         params.update(kwargs)
+        k = params["n_neighbors"]
+        if not isinstance(k, Integral) or not 2 <= k < n:
+            raise ValueError(f"n_neighbors must be an integer from 2 to N - 1 = {n - 1}, got {k!r}")
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        if (params["metric"] == "euclidean" and "precomputed_knn" not in kwargs and n <= EXACT_KNN_MAX
+                and not return_reducer):
+            params["precomputed_knn"] = _exact_knn(x32, int(k))
         reducer = _umap_class()(n_components=2, **params)
-        y = reducer.fit_transform(np.ascontiguousarray(x, dtype=np.float32))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            y = reducer.fit_transform(x32)
     y = np.asarray(y, dtype=np.float64)
     return (y, reducer) if return_reducer else y
 
@@ -424,7 +466,7 @@ def plot_gap_shift(shift, ax=None, title: str | None = None):
 
     References
     ----------
-    Liang et al., "Mind the Gap", NeurIPS 2022, Sec. 4.3.
+    Liang et al., "Mind the Gap", NeurIPS 2022, Table 1 (the shifting experiment).
     """
     if not isinstance(shift, pd.DataFrame):
         raise TypeError("shift must be the DataFrame returned by modgap.metrics.shift_along_gap, "
@@ -513,8 +555,8 @@ def plot_similarity(image_emb, text_emb, labels=None, *, text_labels=None, joint
 
 
 # -- spectrum -----------------------------------------------------------------------------------
-def plot_spectrum(emb, *, ax=None, normalize: bool = True, relative: bool = True, log: bool = True,
-                  top: int | None = None, title: str | None = None):
+def plot_spectrum(emb, text_emb=None, *, ax=None, normalize: bool = True, relative: bool = True,
+                  log: bool = True, top: int | None = None, title: str | None = None):
     """Covariance eigenvalues (:func:`modgap.metrics.spectrum`), largest first,
     one line per set, each labelled with its effective rank.
 
@@ -522,6 +564,9 @@ def plot_spectrum(emb, *, ax=None, normalize: bool = True, relative: bool = True
     ----------
     emb : array [N, D], or a mapping name -> array (e.g.
         ``{"image": img, "text": txt}`` or several models)
+    text_emb : array [M, D] or None
+        With it, ``emb`` is taken as the images: ``plot_spectrum(img, txt)``
+        draws the lines "image" and "text".
     normalize : L2-normalise rows first (default True)
     relative : plot each eigenvalue's share of the total variance
     log : logarithmic y axis (zero eigenvalues are left out)
@@ -536,7 +581,12 @@ def plot_spectrum(emb, *, ax=None, normalize: bool = True, relative: bool = True
     Jing et al., "Understanding Dimensional Collapse in Contrastive
     Self-supervised Learning", ICLR 2022; Roy & Vetterli, EUSIPCO 2007.
     """
-    sets = dict(emb) if isinstance(emb, Mapping) else {"embeddings": emb}
+    if text_emb is not None:
+        if isinstance(emb, Mapping):
+            raise ValueError("pass either a mapping name -> array as emb, or image and text arrays, not both")
+        sets = {"image": emb, "text": text_emb}
+    else:
+        sets = dict(emb) if isinstance(emb, Mapping) else {"embeddings": emb}
     if not sets:
         raise ValueError("emb is an empty mapping; pass at least one array of embeddings")
     if top is not None and (not isinstance(top, Integral) or top < 1):

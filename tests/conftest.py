@@ -9,11 +9,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
 
 torch.set_num_threads(1)
 

@@ -1,5 +1,6 @@
 """The on-disk embedding cache: hits, misses on changed inputs or weights,
 corrupt entries, atomic writes, and the fingerprints keys are built from."""
+import gc
 import os
 import warnings
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import modgap.cache
 from modgap import Clip
 from modgap.cache import EmbeddingCache, _device_checksums, fingerprint_inputs, fingerprint_model
 
@@ -207,6 +209,25 @@ def test_model_fingerprint_follows_the_weights(clip):
     with torch.no_grad():
         b.model.half()
     assert fingerprint_model(b.model) != fa
+
+
+def test_accelerator_fingerprints_are_remembered_until_the_weights_move(clip, monkeypatch):
+    monkeypatch.setattr(modgap.cache, "_in_host_memory", lambda state: False)
+    hashed = []
+    real = modgap.cache._full_hash
+    monkeypatch.setattr(modgap.cache, "_full_hash", lambda state: hashed.append(1) or real(state))
+    remembered = len(modgap.cache._model_fp)
+    model = clip.copy().model
+    fp = fingerprint_model(model)
+    assert fingerprint_model(model) == fp and len(hashed) == 1
+    model.visual.proj.data[3, 3] += 0.5
+    moved = fingerprint_model(model)
+    assert moved != fp and len(hashed) == 2
+    assert moved == real(model.state_dict())
+    assert model in modgap.cache._model_fp
+    del model
+    gc.collect()
+    assert len(modgap.cache._model_fp) == remembered
 
 
 def test_device_checksums_see_every_change():

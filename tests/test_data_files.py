@@ -98,9 +98,9 @@ def test_from_folder_errors(tmp_path, class_folder):
 def test_from_folder_where_nothing_is_readable_is_an_empty_set_error(tmp_path):
     (tmp_path / "a").mkdir()
     write_corrupt(tmp_path / "a" / "x.png")
-    with pytest.warns(UserWarning, match="skipped 1 of 1"):
-        with pytest.raises(ValueError, match=f"is empty .read from {tmp_path}"):
-            from_folder(tmp_path)
+    with (pytest.warns(UserWarning, match="skipped 1 of 1"),
+          pytest.raises(ValueError, match=f"is empty .read from {tmp_path}")):
+        from_folder(tmp_path)
 
 
 def test_from_folder_set_embeds(clip, class_folder):

@@ -103,9 +103,9 @@ def test_unreadable_files_are_skipped_with_one_warning(clip, images, tmp_path):
 
 def test_no_readable_file_is_an_error(clip, tmp_path):
     bad = [write_corrupt(tmp_path / "a.png"), write_corrupt(tmp_path / "b.png")]
-    with pytest.warns(UserWarning, match="skipped 2 of 2"):
-        with pytest.raises(ValueError, match="none of the files could be read"):
-            clip.encode_images(bad)
+    with (pytest.warns(UserWarning, match="skipped 2 of 2"),
+          pytest.raises(ValueError, match="none of the files could be read")):
+        clip.encode_images(bad)
 
 
 def test_batches_do_not_change_the_result(clip, images):

@@ -241,6 +241,7 @@ def test_load_model_auto_on_a_cpu_machine(monkeypatch, micro_name, micro_pt):
     _fake_accelerators(monkeypatch, False, False)
     clip = load_model(f"{micro_name}:{micro_pt}")
     assert clip.device == torch.device("cpu")
+    assert Clip(clip.model, clip.preprocess, clip.tokenizer, device="auto").device == torch.device("cpu")
 
 
 # -- the Clip object --------------------------------------------------------

@@ -51,7 +51,7 @@ def small(tiny, **kw):
 def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path):
     before = state(tiny.model)
     seen = []
-    ref = small(tiny, method="tiny-refine", log_every=1).fit(pairs, callback=lambda rec, est: seen.append(rec))
+    ref = small(tiny, method="clip-refine", log_every=1).fit(pairs, callback=lambda rec, est: seen.append(rec))
     # the caller's model is untouched; the refined copy moved
     assert same_state(before, state(tiny.model))
     assert ref.model_ is not tiny.model
@@ -71,7 +71,7 @@ def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path)
     assert np.isfinite(h["centroid_distance"]).all() and (h["centroid_distance"] > 0).all()
     assert (h["lr"] == 1e-3).all()
     # the first gap is the untouched model's; the callback saw every step
-    probe = small(tiny, method="tiny-refine").fit(pairs, callback=lambda rec, est: False)
+    probe = small(tiny, method="clip-refine").fit(pairs, callback=lambda rec, est: False)
     assert probe.history_.loc[0, "centroid_distance"] == pytest.approx(h.loc[0, "centroid_distance"])
     assert [r["step"] for r in seen] == [1, 2, 3]
     assert all({"loss", "rafa", "hycd", "centroid_distance", "lr"} <= set(r) for r in seen)
@@ -90,9 +90,9 @@ def test_callback_returning_false_stops_training(tiny, pairs):
 
 
 def test_same_seed_same_weights_on_cpu_other_seed_other_weights(tiny, pairs):
-    a = small(tiny, method="tiny-refine", seed=3).fit(pairs)
-    b = small(tiny, method="tiny-refine", seed=3).fit(pairs)
-    c = small(tiny, method="tiny-refine", seed=4).fit(pairs)
+    a = small(tiny, method="clip-refine", seed=3).fit(pairs)
+    b = small(tiny, method="clip-refine", seed=3).fit(pairs)
+    c = small(tiny, method="clip-refine", seed=4).fit(pairs)
     assert same_state(state(a.model_), state(b.model_))
     np.testing.assert_array_equal(a.history_["loss"].to_numpy(), b.history_["loss"].to_numpy())
     assert not same_state(state(a.model_), state(c.model_))
@@ -198,13 +198,13 @@ def test_bad_parameters_name_the_argument(tiny, pairs, kw, name):
         small(tiny, **kw).fit(pairs)
 
 
-def test_wrong_input_types_are_named(tiny, pairs):
+def test_wrong_input_types_are_named(tiny, pairs, tmp_path):
     with pytest.raises(TypeError, match="clip"):
         CLIPRefine(tiny.model).fit(pairs)
     with pytest.raises(TypeError, match="pairs"):
         small(tiny).fit(pairs.images)
     with pytest.raises(RuntimeError, match="fit"):
-        small(tiny).save("/tmp/never.safetensors")
+        small(tiny).save(tmp_path / "never.safetensors")
 
 
 def test_refine_entry_writes_weights_and_history_once(tiny, pairs, tmp_path):

@@ -82,7 +82,40 @@ def test_fit_2d_umap_is_seeded_and_imports_umap_once(world):
     assert info.misses == 1 and info.hits >= 1
 
 
+def recording_umap(made):
+    """A stand-in for umap.UMAP that appends each instance to ``made`` with its parameters and input."""
+
+    class RecordingUMAP:
+        def __init__(self, **params):
+            self.params = params
+            made.append(self)
+
+        def fit_transform(self, x):
+            self.x = x
+            return np.zeros((len(x), 2))
+
+    return RecordingUMAP
+
+
+def test_fit_2d_umap_gets_exact_neighbours_unless_the_reducer_must_transform(world, monkeypatch):
+    made = []
+    monkeypatch.setattr(V, "_umap_class", lambda: recording_umap(made))
+    img = world[0]
+    assert V.fit_2d(img, "umap", random_state=5).shape == (36, 2)
+    (plain,) = made
+    knn_idx, knn_dist = plain.params["precomputed_knn"]
+    ref_idx, ref_dist = V._exact_knn(img.astype(np.float32), 15)
+    np.testing.assert_array_equal(knn_idx, ref_idx)
+    np.testing.assert_array_equal(knn_dist, ref_dist)
+    assert plain.x.dtype == np.float32 and plain.params["random_state"] == 5
+    _, reducer = V.fit_2d(img, "umap", random_state=5, return_reducer=True)
+    assert reducer is made[1] and "precomputed_knn" not in reducer.params
+    V.fit_2d(img, "umap", metric="cosine")
+    assert "precomputed_knn" not in made[2].params
+
+
 @pytest.mark.parametrize("kw, match", [
+    ({"method": "umap", "n_neighbors": 36}, "n_neighbors must be an integer from 2 to N - 1 = 35"),
     ({"method": "mds"}, "method must be one of"),
     ({"method": "pca", "random_state": "zero"}, "random_state"),
 ])
@@ -247,6 +280,13 @@ def test_plot_spectrum(world, tmp_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[1] == f"text (effective rank {M.effective_rank(txt):.1f})"
     assert ax.get_yscale() == "log"
+
+    ax = V.plot_spectrum(img, txt, relative=False, log=False)
+    saved(ax.figure, tmp_path, "spectrum_pair")
+    (line,) = by_gid(ax, "spectrum-text")
+    np.testing.assert_allclose(line.get_ydata(), M.spectrum(txt))
+    with pytest.raises(ValueError, match="not both"):
+        V.plot_spectrum({"image": img}, txt)
 
 
 def test_plot_report_comparison(world, tmp_path):

@@ -6,13 +6,13 @@ read lazily when a model embeds them.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ImageSet", "PairSet", "DEFAULT_TEMPLATES"]
+__all__ = ["DEFAULT_TEMPLATES", "ImageSet", "PairSet"]
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -118,7 +118,7 @@ class ImageSet:
         """Every template filled with every class name: ``[C][T]`` strings."""
         return [[t.format(c) for t in self.templates] for c in self.classnames]
 
-    def subset(self, index) -> "ImageSet":
+    def subset(self, index) -> ImageSet:
         """A new set holding the images at ``index`` (ints, a slice or a mask)."""
         idx = np.atleast_1d(np.arange(len(self))[index])
         return ImageSet(
@@ -132,12 +132,12 @@ class ImageSet:
             source=self.source,
         )
 
-    def split(self, fraction: float = 0.5, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+    def split(self, fraction: float = 0.5, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """Two disjoint random subsets, the first holding ``fraction`` of the images."""
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         perm = np.random.default_rng(seed).permutation(len(self))
-        cut = int(round(fraction * len(self)))
+        cut = round(fraction * len(self))
         return self.subset(np.sort(perm[:cut])), self.subset(np.sort(perm[cut:]))
 
 
@@ -211,7 +211,7 @@ class PairSet:
             owner.extend([i] * len(caps))
         return texts, np.asarray(owner, dtype=np.int64)
 
-    def subset(self, index) -> "PairSet":
+    def subset(self, index) -> PairSet:
         idx = np.atleast_1d(np.arange(len(self))[index])
         return PairSet(
             images=_take(self.images, idx),

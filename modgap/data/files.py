@@ -15,7 +15,7 @@ import numpy as np
 
 from .containers import DEFAULT_TEMPLATES, ImageSet, PairSet
 
-__all__ = ["from_folder", "from_captions", "from_coco", "read_image", "IMAGE_EXTENSIONS"]
+__all__ = ["IMAGE_EXTENSIONS", "from_captions", "from_coco", "from_folder", "read_image"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -37,7 +37,7 @@ def _readable(paths: list[Path], where: str) -> tuple[list[Path], list[int]]:
         try:
             read_image(p)
             good.append(p)
-        except Exception:  # any decoder error means the file is unusable
+        except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
             bad.append(i)
     if bad:
         names = ", ".join(str(paths[i]) for i in bad[:10])
@@ -140,7 +140,7 @@ def from_captions(file, image_root=None, image_column: str = "image",
             raise ValueError(f"{file} must hold a list of objects with {image_column!r} and {caption_column!r}")
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise ValueError(f"{file}: item {i} is not a JSON object")
+                raise ValueError(f"{file}: item {i} is not a JSON object")  # noqa: TRY004 - a bad file
             rows.append((rec.get(image_column), rec.get(caption_column)))
     elif file.suffix.lower() == ".jsonl":
         with open(file, encoding="utf-8") as fh:
@@ -152,7 +152,7 @@ def from_captions(file, image_root=None, image_column: str = "image",
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{file}: line {ln} is not valid JSON ({e.msg})") from None
                 if not isinstance(rec, dict):
-                    raise ValueError(f"{file}: line {ln} is not a JSON object")
+                    raise ValueError(f"{file}: line {ln} is not a JSON object")  # noqa: TRY004 - a bad file
                 rows.append((rec.get(image_column), rec.get(caption_column)))
     elif file.suffix.lower() in (".csv", ".tsv"):
         with open(file, newline="", encoding="utf-8") as fh:

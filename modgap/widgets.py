@@ -1,0 +1,323 @@
+"""ipywidgets dashboards for the notebooks.
+
+Each dashboard draws its figure for the default value as soon as it is
+built, so a notebook run without a front end (nbmake, nbconvert) still
+computes and shows a static picture; in JupyterLab the controls redraw it
+live. Every dashboard returns a :class:`Dashboard` whose ``figure`` is the
+matplotlib Figure for the current value and ``widget`` the ipywidgets box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Dashboard", "gap_shift_explorer", "label_propagation_explorer", "hybrid_target_explorer",
+    "LiveHistory", "model_picker",
+]
+
+
+@dataclass
+class Dashboard:
+    """A live figure with its controls.
+
+    ``update(**values)`` redraws for new control values (what the controls
+    call); ``state`` holds the figures computed for the current values.
+    """
+
+    widget: object
+    figure: object
+    update: Callable
+    state: dict = field(default_factory=dict)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _figure_output(draw: Callable, figsize=(11, 4.2)):
+    """An Output widget and a function that redraws ``draw(fig, **values)`` into it."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    out = w.Output()
+    fig = plt.figure(figsize=figsize)
+    plt.close(fig)
+
+    def redraw(**values):
+        fig.clf()
+        state = draw(fig, **values)
+        out.clear_output(wait=True)
+        with out:
+            display(fig)
+        return state
+
+    return out, fig, redraw
+
+
+def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: float = 0.0,
+                       delta_range=(-1.0, 1.0), step: float = 0.05, method: str = "pca",
+                       max_points: int = 600, classnames: Sequence[str] | None = None,
+                       random_state: int = 0) -> Dashboard:
+    """Mind the Gap's embedding-shift experiment with a slider.
+
+    Moving the slider shifts images by ``-delta/2`` and texts by ``+delta/2``
+    along the gap direction (:func:`modgap.metrics.shift_along_gap`), then
+    redraws the 2-D map of both modalities (the map's projection is fitted
+    once on the unshifted embeddings, so the axes stay put), the zero-shot
+    accuracy and the centroid distance.
+
+    Parameters
+    ----------
+    image_emb : [N, D] image embeddings
+    class_emb : [C, D] class embeddings (the zero-shot classifier)
+    labels : [N] class indices
+    text_emb : [M, D], optional
+        Caption embeddings to draw and to measure the gap with; the class
+        embeddings of each image's label are used when omitted.
+    """
+    import ipywidgets as w
+
+    from . import metrics, viz
+
+    img = metrics._as_matrix(image_emb, "image_emb")
+    cls = metrics._as_matrix(class_emb, "class_emb")
+    labels = np.asarray(labels)
+    txt = cls[labels] if text_emb is None else metrics._as_matrix(text_emb, "text_emb")
+    direction = metrics.gap_vector(img, txt)
+    direction = np.asarray(direction.detach().cpu() if hasattr(direction, "detach") else direction)
+    rng = np.random.default_rng(random_state)
+    pick_i = np.sort(rng.choice(len(img), size=min(max_points, len(img)), replace=False))
+    pick_t = np.sort(rng.choice(len(txt), size=min(max_points, len(txt)), replace=False))
+    both = np.concatenate([img[pick_i], txt[pick_t]])
+    _, reducer = viz.fit_2d(both, method=method, random_state=random_state, return_reducer=True)
+    curve = metrics.shift_along_gap(img, cls, labels,
+                                    deltas=np.round(np.arange(delta_range[0], delta_range[1] + 1e-9, step * 2), 4),
+                                    direction=direction)
+
+    def shifted(d):
+        si = img - d / 2 * direction
+        st = txt + d / 2 * direction
+        si /= np.linalg.norm(si, axis=1, keepdims=True)
+        st /= np.linalg.norm(st, axis=1, keepdims=True)
+        sc = cls + d / 2 * direction
+        sc /= np.linalg.norm(sc, axis=1, keepdims=True)
+        return si, st, sc
+
+    def draw(fig, delta):
+        si, st, sc = shifted(delta)
+        acc = metrics.zero_shot_accuracy(si, sc, labels)
+        dist = metrics.centroid_distance(si, st)
+        ax_map, ax_curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+        pi, pt = reducer.transform(si[pick_i]), reducer.transform(st[pick_t])
+        ax_map.scatter(pi[:, 0], pi[:, 1], s=8, c="tab:blue", alpha=0.5, label="images")
+        ax_map.scatter(pt[:, 0], pt[:, 1], s=14, c="tab:orange", marker="^", alpha=0.6, label="texts")
+        ci, ct = pi.mean(0), pt.mean(0)
+        ax_map.annotate("", xy=ci, xytext=ct, arrowprops={"arrowstyle": "->", "lw": 2, "color": "k"})
+        ax_map.set(title=f"shift {delta:+.2f}: gap {dist:.3f}, zero-shot {100 * acc:.1f}%",
+                   xlabel=f"{method.upper()} 1", ylabel=f"{method.upper()} 2")
+        if not hasattr(draw, "limits"):
+            draw.limits = (ax_map.get_xlim(), ax_map.get_ylim())
+        ax_map.set_xlim(*draw.limits[0])
+        ax_map.set_ylim(*draw.limits[1])
+        ax_map.legend(loc="best")
+        viz.plot_gap_shift(curve, ax=ax_curve)
+        ax_curve.axvline(delta, color="k", ls="--", lw=1)
+        fig.tight_layout()
+        return {"accuracy": acc, "centroid_distance": dist}
+
+    out, fig, redraw = _figure_output(draw)
+    slider = w.FloatSlider(value=delta, min=delta_range[0], max=delta_range[1], step=step,
+                           description="shift", continuous_update=False, readout_format="+.2f")
+    dash = Dashboard(w.VBox([slider, out]), fig, None)
+
+    def update(delta):
+        dash.state = redraw(delta=float(delta))
+        return dash.state
+
+    dash.update = update
+    slider.observe(lambda change: update(change["new"]), names="value")
+    dash.controls = {"delta": slider}
+    dash.curve = curve
+    update(delta)
+    return dash
+
+
+def label_propagation_explorer(image_emb, class_emb, labels, *, k: int = 20, alpha: float = 0.99,
+                               project: bool = True, classnames: Sequence[str] | None = None) -> Dashboard:
+    """Label propagation (ReCLIP's pseudo labels) with sliders for ``k`` and
+    ``alpha``: pseudo-label accuracy against zero-shot, and the confusion
+    matrix of the pseudo labels."""
+    import ipywidgets as w
+
+    from . import metrics
+    from .adapt.graph import label_propagation
+
+    img = metrics._as_matrix(image_emb, "image_emb").astype(np.float32)
+    cls = metrics._as_matrix(class_emb, "class_emb").astype(np.float32)
+    labels = np.asarray(labels)
+    n_cls = len(cls)
+    names = list(classnames) if classnames is not None else [str(i) for i in range(n_cls)]
+    zs = metrics.zero_shot_predict(img, cls)
+    zs_acc = float((zs == labels).mean())
+
+    def draw(fig, k, alpha, project):
+        import torch
+
+        pl = label_propagation(torch.from_numpy(img), torch.from_numpy(cls), k=int(k), alpha=float(alpha),
+                               project=bool(project)).cpu().numpy()
+        acc = float((pl == labels).mean())
+        conf = np.zeros((n_cls, n_cls), dtype=int)
+        np.add.at(conf, (labels, pl), 1)
+        ax_bar, ax_conf = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+        ax_bar.bar(["zero-shot", "label\npropagation"], [100 * zs_acc, 100 * acc], color=["0.6", "tab:green"])
+        for x, v in enumerate([zs_acc, acc]):
+            ax_bar.text(x, 100 * v + 1, f"{100 * v:.1f}%", ha="center")
+        ax_bar.set(ylim=(0, 105), ylabel="top-1 accuracy (%)",
+                   title=f"k={int(k)}, alpha={alpha:.3f}, projection {'on' if project else 'off'}")
+        im = ax_conf.imshow(conf, cmap="Blues")
+        ax_conf.set(xticks=range(n_cls), yticks=range(n_cls), xlabel="pseudo label", ylabel="true class",
+                    title="confusion of the pseudo labels")
+        ax_conf.set_xticklabels(names, rotation=45, ha="right")
+        ax_conf.set_yticklabels(names)
+        fig.colorbar(im, ax=ax_conf, fraction=0.046, label="images")
+        fig.tight_layout()
+        return {"accuracy": acc, "zero_shot_accuracy": zs_acc, "confusion": conf, "pseudo_labels": pl}
+
+    out, fig, redraw = _figure_output(draw)
+    k_slider = w.IntSlider(value=k, min=2, max=60, step=1, description="k", continuous_update=False)
+    a_slider = w.FloatSlider(value=alpha, min=0.5, max=0.999, step=0.005, description="alpha",
+                             continuous_update=False, readout_format=".3f")
+    p_box = w.Checkbox(value=project, description="projection")
+    dash = Dashboard(w.VBox([w.HBox([k_slider, a_slider, p_box]), out]), fig, None)
+
+    def update(k=None, alpha=None, project=None):
+        k = k_slider.value if k is None else k
+        alpha = a_slider.value if alpha is None else alpha
+        project = p_box.value if project is None else project
+        dash.state = redraw(k=k, alpha=alpha, project=project)
+        return dash.state
+
+    dash.update = update
+    for c in (k_slider, a_slider, p_box):
+        c.observe(lambda change: update(), names="value")
+    dash.controls = {"k": k_slider, "alpha": a_slider, "project": p_box}
+    update(k, alpha, project)
+    return dash
+
+
+def hybrid_target_explorer(teacher_logits, *, alpha: float = 0.5, temperature: float = 1.0) -> Dashboard:
+    """HyCD's hybrid target ``alpha * I + (1 - alpha) * softmax(teacher / T)``
+    for a small batch of teacher logits, with sliders for ``alpha`` and ``T``."""
+    import ipywidgets as w
+    import torch
+
+    from .adapt.losses import hybrid_target
+
+    logits = torch.as_tensor(np.asarray(teacher_logits, dtype=np.float32))
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"teacher_logits must be a square [B, B] matrix, got {tuple(logits.shape)}")
+
+    def draw(fig, alpha, temperature):
+        target = hybrid_target(logits, alpha=float(alpha), temperature=float(temperature)).numpy()
+        ax_t, ax_diag = fig.subplots(1, 2)
+        im = ax_t.imshow(target, vmin=0, vmax=1, cmap="viridis")
+        fig.colorbar(im, ax=ax_t, fraction=0.046, label="target probability")
+        ax_t.set(title=f"hybrid target, alpha={alpha:.2f}, T={temperature:.2f}", xlabel="caption", ylabel="image")
+        ax_diag.bar(np.arange(len(target)), np.diag(target), color="tab:purple", label="matched pair")
+        ax_diag.bar(np.arange(len(target)), target.sum(1) - np.diag(target), bottom=np.diag(target),
+                    color="0.75", label="other captions")
+        ax_diag.set(ylim=(0, 1.05), xlabel="image in the batch", ylabel="target mass",
+                    title="how much the target trusts the pairing")
+        ax_diag.legend(loc="lower right")
+        fig.tight_layout()
+        return {"target": target}
+
+    out, fig, redraw = _figure_output(draw, figsize=(10, 4))
+    a_slider = w.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="alpha", continuous_update=False)
+    t_slider = w.FloatLogSlider(value=temperature, base=10, min=-1, max=1, step=0.1, description="T",
+                                continuous_update=False)
+    dash = Dashboard(w.VBox([w.HBox([a_slider, t_slider]), out]), fig, None)
+
+    def update(alpha=None, temperature=None):
+        dash.state = redraw(alpha=a_slider.value if alpha is None else alpha,
+                            temperature=t_slider.value if temperature is None else temperature)
+        return dash.state
+
+    dash.update = update
+    for c in (a_slider, t_slider):
+        c.observe(lambda change: update(), names="value")
+    dash.controls = {"alpha": a_slider, "temperature": t_slider}
+    update(alpha, temperature)
+    return dash
+
+
+class LiveHistory:
+    """A callback that redraws a line plot of training figures as they come.
+
+    Pass it as ``callback=`` to :class:`modgap.adapt.ReCLIP` (called with
+    each epoch's history row) or :meth:`modgap.adapt.CLIPRefine.fit` (called
+    with each step's record). It updates one display in place, so it works
+    in JupyterLab and leaves the final figure in a notebook run headless.
+
+    Parameters
+    ----------
+    columns : the keys of the row to plot
+    x : the key used for the horizontal axis (``"epoch"`` or ``"step"``)
+    every : redraw every this many calls (the last figure is kept in ``figure``)
+    """
+
+    def __init__(self, columns: Sequence[str], x: str = "epoch", title: str = "training",
+                 ylabel: str = "value", every: int = 1, display: bool = True):
+        import matplotlib.pyplot as plt
+
+        self.columns, self.x, self.title, self.ylabel = list(columns), x, title, ylabel
+        self.every = max(1, int(every))
+        self.rows: list[dict] = []
+        self.figure, self.ax = plt.subplots(figsize=(7, 3.6))
+        plt.close(self.figure)
+        self._handle = None
+        self._display = display
+
+    def __call__(self, row, *_):
+        self.rows.append(dict(row))
+        if len(self.rows) % self.every == 0:
+            self.redraw()
+
+    def redraw(self):
+        ax = self.ax
+        ax.clear()
+        xs = [r.get(self.x, i) for i, r in enumerate(self.rows)]
+        for c in self.columns:
+            ys = [r.get(c, np.nan) for r in self.rows]
+            if np.all(np.isnan(np.asarray(ys, dtype=float))):
+                continue
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=c)
+        ax.set(title=self.title, xlabel=self.x, ylabel=self.ylabel)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+        self.figure.tight_layout()
+        if self._display:
+            from IPython.display import display
+
+            if self._handle is None:
+                self._handle = display(self.figure, display_id=True)
+            else:
+                self._handle.update(self.figure)
+        return ax
+
+
+def model_picker(default: str = "modgap-tiny", options: Sequence[str] | None = None):
+    """A drop-down of model specs: the models that load offline here, and
+    a few real open_clip models for machines with the internet."""
+    import ipywidgets as w
+
+    from .models import offline_models
+
+    opts = list(options) if options is not None else list(dict.fromkeys(
+        [default] + offline_models() + ["ViT-B-32:laion2b_s34b_b79k", "ViT-B-16:openai", "ViT-L-14:openai"]))
+    return w.Dropdown(options=opts, value=default, description="model")
