@@ -40,6 +40,7 @@ import torch
 
 __all__ = [
     "alignment",
+    "check_embeddings",
     "centroid_distance",
     "centroid_mse",
     "effective_rank",
@@ -129,6 +130,12 @@ def _pair_index(n_images: int, n_texts: int, text_to_image, name: str = "text_to
     if idx.size and (idx.min() < 0 or idx.max() >= n_images):
         raise ValueError(f"{name} holds image indices outside 0..{n_images - 1}")
     return idx
+
+
+def check_embeddings(x, name: str = "embeddings") -> np.ndarray:
+    """``x`` (tensor or array) as a finite float64 numpy array ``[N, D]``;
+    a clear ValueError naming ``name`` otherwise."""
+    return _as_matrix(x, name)
 
 
 def _as_int_array(x, name: str) -> np.ndarray:

@@ -43,6 +43,7 @@ __all__ = [
     "plot_embedding_shift",
     "plot_embeddings",
     "plot_gap_shift",
+    "plot_images",
     "plot_report_comparison",
     "plot_similarity",
     "plot_spectrum",
@@ -683,3 +684,53 @@ def plot_report_comparison(reports, metrics=None, *, ncols: int = 4, fig=None, t
     fig.suptitle(title if title is not None else "Gap report comparison")
     fig.tight_layout()
     return fig
+
+
+def plot_images(images, labels=None, class_names=None, *, n: int = 16, ncols: int = 8, ax=None,
+                title: str | None = None, random_state: int | None = 0):
+    """A grid of ``n`` images, each titled with its class.
+
+    ``images`` is an :class:`~modgap.data.ImageSet` (its labels and class
+    names are used) or a uint8 array ``[N, H, W, 3]``. A seeded random
+    sample is drawn (``random_state=None`` takes the first ``n``). Returns
+    the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from .data.containers import ImageSet
+
+    if isinstance(images, ImageSet):
+        labels = images.labels if labels is None else labels
+        class_names = images.classnames if class_names is None else class_names
+        title = title or images.name
+        images = images.images
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
+        raise ValueError(f"images must be an ImageSet or a non-empty uint8 array [N, H, W, 3], got shape {arr.shape}")
+    if not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = min(n, len(arr))
+    idx = (np.arange(n) if random_state is None
+           else np.sort(np.random.default_rng(random_state).choice(len(arr), size=n, replace=False)))
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    h, w = arr.shape[1:3]
+    pad = max(1, h // 16)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for j, i in enumerate(idx):
+        r, c = divmod(j, ncols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = arr[i]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.3 * ncols, 1.45 * nrows))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if labels is not None:
+        labels = np.asarray(labels)
+        for j, i in enumerate(idx):
+            r, c = divmod(j, ncols)
+            name = class_names[labels[i]] if class_names is not None else str(labels[i])
+            ax.text(pad + c * (w + pad) + w / 2, pad + r * (h + pad) + h + pad * 0.2, name,
+                    ha="center", va="top", fontsize=7)
+    ax.set_title(title or f"{n} images")
+    return ax

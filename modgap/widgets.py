@@ -84,10 +84,10 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
 
     from . import metrics, viz
 
-    img = metrics._as_matrix(image_emb, "image_emb")
-    cls = metrics._as_matrix(class_emb, "class_emb")
+    img = metrics.check_embeddings(image_emb, "image_emb")
+    cls = metrics.check_embeddings(class_emb, "class_emb")
     labels = np.asarray(labels)
-    txt = cls[labels] if text_emb is None else metrics._as_matrix(text_emb, "text_emb")
+    txt = cls[labels] if text_emb is None else metrics.check_embeddings(text_emb, "text_emb")
     direction = metrics.gap_vector(img, txt)
     direction = np.asarray(direction.detach().cpu() if hasattr(direction, "detach") else direction)
     rng = np.random.default_rng(random_state)
@@ -157,8 +157,8 @@ def label_propagation_explorer(image_emb, class_emb, labels, *, k: int = 20, alp
     from . import metrics
     from .adapt.graph import label_propagation
 
-    img = metrics._as_matrix(image_emb, "image_emb").astype(np.float32)
-    cls = metrics._as_matrix(class_emb, "class_emb").astype(np.float32)
+    img = metrics.check_embeddings(image_emb, "image_emb").astype(np.float32)
+    cls = metrics.check_embeddings(class_emb, "class_emb").astype(np.float32)
     labels = np.asarray(labels)
     n_cls = len(cls)
     names = list(classnames) if classnames is not None else [str(i) for i in range(n_cls)]

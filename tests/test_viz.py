@@ -305,3 +305,17 @@ def test_plot_report_comparison(world, tmp_path):
     assert sum(ax.get_visible() for ax in fig.axes) == 13
     with pytest.raises(ValueError, match="reports lacks"):
         V.plot_report_comparison(reports, ["nope"])
+
+
+def test_plot_images_draws_a_titled_grid(tmp_path):
+    from modgap import data
+
+    s = data.load("shapes", n=20)
+    ax = V.plot_images(s, n=10, ncols=5)
+    assert len(ax.images) == 1
+    grid = ax.images[0].get_array()
+    assert grid.shape[0] > 2 * 32 and grid.shape[1] > 5 * 32
+    assert len(ax.texts) == 10 and {t.get_text() for t in ax.texts} <= set(s.classnames)
+    ax.figure.savefig(tmp_path / "grid.png")
+    with pytest.raises(ValueError, match="images"):
+        V.plot_images(np.zeros((3, 4)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ZOO_DIR", "BUNDLED", "config_path", "weights_path", "register"]
+__all__ = ["ZOO_DIR", "BUNDLED", "config_path", "weights_path", "register", "results_table"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 BUNDLED = ("modgap-tiny",)
@@ -33,3 +33,15 @@ def register() -> None:
     for name in BUNDLED:
         open_clip.add_model_config(config_path(name))
     _registered = True
+
+
+def results_table(name: str):
+    """A table measured on the bundled model and shipped with it
+    (``modgap/zoo/results/NAME.csv``), as shown in the model card."""
+    import pandas as pd
+
+    path = ZOO_DIR / "results" / f"{name}.csv"
+    if not path.exists():
+        known = sorted(p.stem for p in (ZOO_DIR / "results").glob("*.csv"))
+        raise FileNotFoundError(f"no results table {name!r} in {path.parent}; known: {known}")
+    return pd.read_csv(path)
