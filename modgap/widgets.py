@@ -32,10 +32,22 @@ class Dashboard:
     update: Callable
     state: dict = field(default_factory=dict)
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget for front ends that render widgets, and the
+        current figure as a PNG for everything else (nbconvert, GitHub,
+        a notebook run headless)."""
+        import io
 
-        display(self.widget)
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        bundle = {"image/png": buf.getvalue(), "text/plain": repr(self.widget)}
+        widget_bundle = getattr(self.widget, "_repr_mimebundle_", None)
+        if widget_bundle is not None:
+            data = widget_bundle(include=include, exclude=exclude)
+            if isinstance(data, tuple):
+                data = data[0]
+            bundle.update(data or {})
+        return bundle
 
 
 def _figure_output(draw: Callable, figsize=(11, 4.2)):

@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (smoke test)")
     ap.add_argument("--eval-n", type=int, default=1000)
+    ap.add_argument("--init", default=None, help="start from these weights instead of random initialisation")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
 
@@ -137,6 +138,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, tokenizer = build_model(seed=args.seed)
+    if args.init:
+        from open_clip import load_checkpoint
+
+        load_checkpoint(model, args.init)
+        model.logit_scale.requires_grad_(False)
     from ..embed import pixels_to_tensor
 
     steps_per_epoch = args.pairs // args.batch_size

@@ -1,0 +1,72 @@
+"""The notebook dashboards build, draw their default figure, and redraw."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from modgap import widgets
+
+
+def _clusters(n_per=30, n_cls=3, dim=16, seed=0, offset=1.5):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:n_cls] * 3
+    labels = np.repeat(np.arange(n_cls), n_per)
+    img = centres[labels] + rng.normal(0, 0.4, size=(len(labels), dim)) + offset  # shared offset: a gap
+    # real class prompts share a strong common direction, which ReCLIP's projection removes
+    cls = centres + 4 * np.eye(dim)[dim - 1] + rng.normal(0, 0.05, size=centres.shape)
+    return img.astype(np.float32), cls.astype(np.float32), labels
+
+
+def test_gap_shift_explorer_draws_and_moves_with_the_slider():
+    img, cls, labels = _clusters()
+    dash = widgets.gap_shift_explorer(img, cls, labels, method="pca")
+    ax_map = dash.figure.axes[0]
+    assert len(ax_map.collections) >= 2  # images and texts
+    start = dict(dash.state)
+    dash.controls["delta"].value = 0.8  # what a user's drag does
+    assert dash.state["centroid_distance"] < start["centroid_distance"]
+    assert set(dash.curve.columns) >= {"delta", "accuracy", "centroid_distance"}
+    bundle = dash._repr_mimebundle_()
+    assert bundle["image/png"][:4] == b"\x89PNG"
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_label_propagation_explorer_reports_accuracy_and_confusion():
+    img, cls, labels = _clusters()
+    img, cls, labels = _clusters(offset=0.3)
+    dash = widgets.label_propagation_explorer(img, cls, labels, k=10, classnames=["a", "b", "c"])
+    conf = dash.state["confusion"]
+    assert conf.shape == (3, 3) and conf.sum() == len(labels)
+    assert dash.state["accuracy"] > 0.9  # well separated clusters propagate cleanly
+    dash.controls["k"].value = 8
+    assert dash.state["confusion"].sum() == len(labels)
+    assert len(dash.figure.axes[1].images) == 1
+
+
+def test_hybrid_target_explorer_rows_are_distributions():
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 3
+    dash = widgets.hybrid_target_explorer(logits, alpha=0.5)
+    target = dash.state["target"]
+    np.testing.assert_allclose(target.sum(1), 1.0, rtol=1e-5)
+    assert np.all(np.diag(target) >= 0.5 - 1e-6)
+    dash.controls["alpha"].value = 1.0
+    np.testing.assert_allclose(dash.state["target"], np.eye(6), atol=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        widgets.hybrid_target_explorer(np.zeros((2, 3)))
+
+
+def test_live_history_plots_each_column_it_gets():
+    live = widgets.LiveHistory(["acc", "agreement"], x="epoch", display=False)
+    for e in range(4):
+        live({"epoch": e, "acc": 0.5 + 0.1 * e, "agreement": 0.7, "other": 1.0})
+    lines = live.ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["acc", "agreement"]
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.5, 0.6, 0.7, 0.8])
+
+
+def test_model_picker_offers_the_bundled_model():
+    picker = widgets.model_picker()
+    assert picker.value == "modgap-tiny" and "modgap-tiny" in picker.options
