@@ -59,8 +59,8 @@ def run(args):
     sets = [_parse_set(s) for s in args.sets] if args.sets else list(SETS)
     if args.with_photo:
         sets = [(n, t, "photo") for n, t in dict.fromkeys((n, t) for n, t, d in sets if d)] + sets
-    print(f"model {args.model} on {clip.device}; n={args.n}, epochs={args.epochs}, lr_visual={args.lr_visual}, "
-          f"lr_text={args.lr_text}, batch_size={args.batch_size}, seed={args.seed}, threads={args.threads}")
+    print(f"model {args.model} on {clip.device}; n={args.n}, batch_size={args.batch_size}, seed={args.seed}, "
+          f"threads={args.threads}")
     rows = []
     for name, task, domain in sets:
         ds = modgap.data.load(name, split="test", n=args.n, seed=args.data_seed, domain=domain, task=task)
@@ -81,6 +81,8 @@ def run(args):
         print(f"{r['set']:<28} zero-shot {zs:6.1%}  label-prop {lp:6.1%}  ReCLIP {r['reclip']:6.1%} "
               f"(V {r['V']:6.1%}, T {r['T']:6.1%})  gain {100 * r['gain']:+5.1f}  "
               f"[{cpu:.0f} s cpu, {wall:.0f} s wall]", flush=True)
+        if len(rows) == 1 or args.history:
+            print(f"  (epochs {est.epochs_}, lr_visual {est.lr_visual_:g}, lr_text {est.lr_text_:g})")
         if args.history:
             print(est.history_.round(3).to_string(index=False))
     table = pd.DataFrame(rows)
@@ -112,9 +114,9 @@ def main(argv=None):
                                             "(default: every shifted domain and both real digit sets)")
     p.add_argument("--with-photo", action="store_true", help="also run the training domain, for reference")
     p.add_argument("--n", type=int, default=1000, help="images per set")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr-visual", type=float, default=1e-3)
-    p.add_argument("--lr-text", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, help="default: ReCLIP's (modgap.adapt.reclip.default_schedule)")
+    p.add_argument("--lr-visual", type=float, help="default: ReCLIP's")
+    p.add_argument("--lr-text", type=float, help="default: ReCLIP's")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)

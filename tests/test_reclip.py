@@ -418,3 +418,24 @@ def test_fit_rejects_bad_labels(clip, target, labels, match):
 def test_fit_rejects_k_larger_than_the_graph(clip, target):
     with pytest.raises(ValueError, match="k=60"):
         make(clip, target, k=60).fit(target.images[:10])
+
+
+def test_default_schedule_is_the_references_for_clip_sized_models():
+    from modgap.adapt.reclip import SMALL_MODEL_DIM, default_schedule, reference_epochs
+
+    big = default_schedule(512, 12000)
+    assert big == {"epochs": reference_epochs(12000), "lr_visual": 1e-3, "lr_text": 1e-3}
+    assert reference_epochs(12000) == 4 and reference_epochs(10 ** 7) == 100
+    small = default_schedule(SMALL_MODEL_DIM - 1, 12000)
+    assert small["lr_visual"] > 1e-3 and small["lr_text"] > 1e-3
+
+
+def test_fit_resolves_unset_schedule(clip, target):
+    from modgap.adapt.reclip import default_schedule
+
+    est = ReCLIP(clip, target.classnames, target.templates, k=5, batch_size=16, progress=False)
+    expected = default_schedule(clip.embed_dim, 48)
+    est.epochs = 1  # keep it short; the learning rates stay unset
+    est.fit(target)
+    assert (est.epochs_, est.lr_visual_, est.lr_text_) == (1, expected["lr_visual"], expected["lr_text"])
+    assert est.get_params()["lr_visual"] is None

@@ -34,16 +34,40 @@ import torch.nn.functional as F
 from ..embed import PROGRESS_MIN, autocast_for, image_inputs
 from .graph import propagate
 
-__all__ = ["ReCLIP", "run_reclip", "visual_norm_parameters", "text_norm_parameters", "reference_epochs"]
+__all__ = ["ReCLIP", "run_reclip", "visual_norm_parameters", "text_norm_parameters", "reference_epochs",
+           "default_schedule", "SMALL_MODEL_DIM"]
 
 _FORMAT = "modgap-reclip"
 _FORMAT_VERSION = 1
 _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)
 
 
+# models with a smaller joint embedding than this count as small (modgap-tiny: 128;
+# the smallest open_clip models, ViT-B and RN50: 512 and 1024)
+SMALL_MODEL_DIM = 256
+_SMALL_SCHEDULE = {"epochs": 5, "lr_visual": 5e-2, "lr_text": 5e-2}
+
+
 def reference_epochs(n_images: int) -> int:
     """The reference's number of epochs: ``min(100, int(N / 5000 + 2))``."""
     return int(min(100, int(n_images / 5000 + 2)))
+
+
+def default_schedule(embed_dim: int, n_images: int) -> dict:
+    """The ``epochs``, ``lr_visual`` and ``lr_text`` that ReCLIP's ``None``
+    settings resolve to.
+
+    Models of CLIP's size (joint embedding of :data:`SMALL_MODEL_DIM` = 256
+    dimensions or more) get the reference's schedule: ``epochs =
+    min(100, int(N / 5000 + 2))`` and a learning rate of 1e-3 in each branch.
+    Smaller models get a schedule tuned on the bundled ``modgap-tiny``
+    (``benchmarks/reclip_domains.py``): with 1e-3 its LayerNorms barely move
+    in the reference's few epochs of a few dozen steps, and its accuracy stays
+    at the starting point.
+    """
+    if embed_dim >= SMALL_MODEL_DIM:
+        return {"epochs": reference_epochs(n_images), "lr_visual": 1e-3, "lr_text": 1e-3}
+    return dict(_SMALL_SCHEDULE)
 
 
 def visual_norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -124,14 +148,16 @@ class ReCLIP:
         zero-shot classifier, the seeds and the projection; ReCLIP-T trains
         and predicts with the first one, as the reference does.
     epochs : int, optional
-        Training passes over the data. ``None``: the reference's rule,
-        ``min(100, int(N / 5000 + 2))`` (:func:`reference_epochs`); small
-        models need more (``benchmarks/reclip_domains.py`` uses 10 for the
-        bundled ``modgap-tiny``).
+        Training passes over the data. ``None``: :func:`default_schedule`,
+        the reference's ``min(100, int(N / 5000 + 2))`` for CLIP-sized models
+        and a tuned number for small ones.
     batch_size : int
         Images per training step (reference: 64).
-    lr_visual, lr_text : float
-        SGD learning rates of the two branches (reference: 1e-3 each).
+    lr_visual, lr_text : float, optional
+        SGD learning rates of the two branches. ``None``:
+        :func:`default_schedule`, the reference's 1e-3 each for CLIP-sized
+        models (joint embedding of 256 dimensions or more) and larger rates,
+        tuned on the bundled ``modgap-tiny``, for small ones.
     k, alpha : label propagation's neighbours and strength (reference: 20, 0.99).
     seed : int
         Seeds the order of the training data. On CPU the whole fit is
@@ -158,6 +184,7 @@ class ReCLIP:
 
     Attributes
     ----------
+    epochs_, lr_visual_, lr_text_ : the schedule the fit used (``None`` resolved).
     visual_model_, text_model_ : open_clip models
         The trained ReCLIP-V and ReCLIP-T copies (see :meth:`save`, :meth:`load`).
     centroids_ : ndarray ``[C, D]``
@@ -214,7 +241,7 @@ class ReCLIP:
     """
 
     def __init__(self, clip, classnames, templates=("a photo of a {}.",), epochs=None, batch_size=64,
-                 lr_visual=1e-3, lr_text=1e-3, k=20, alpha=0.99, seed=0, *, momentum=0.9,
+                 lr_visual=None, lr_text=None, k=20, alpha=0.99, seed=0, *, momentum=0.9,
                  weight_decay=1e-4, logit_scale=100.0, rank_cap="auto", max_iter=20, tol=1e-6,
                  eval_batch_size=256, amp=True, callback=None, progress=None):
         self.clip = clip
@@ -285,8 +312,9 @@ class ReCLIP:
         _positive_int(self.eval_batch_size, "eval_batch_size")
         _positive_int(self.k, "k")
         _positive_int(self.max_iter, "max_iter")
-        _non_negative_float(self.lr_visual, "lr_visual")
-        _non_negative_float(self.lr_text, "lr_text")
+        for name in ("lr_visual", "lr_text"):
+            if getattr(self, name) is not None:
+                _non_negative_float(getattr(self, name), name)
         _non_negative_float(self.momentum, "momentum")
         _non_negative_float(self.weight_decay, "weight_decay")
         _non_negative_float(self.tol, "tol")
@@ -397,7 +425,10 @@ class ReCLIP:
         if self.k >= n + c:
             raise ValueError(f"k={self.k} must be smaller than the number of graph nodes "
                              f"(images + classes = {n + c}); pass fewer neighbours or more images")
-        epochs = reference_epochs(n) if self.epochs is None else int(self.epochs)
+        schedule = default_schedule(self.clip.embed_dim, n)
+        epochs = schedule["epochs"] if self.epochs is None else int(self.epochs)
+        lr_visual = schedule["lr_visual"] if self.lr_visual is None else float(self.lr_visual)
+        lr_text = schedule["lr_text"] if self.lr_text is None else float(self.lr_text)
         show = (n >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
         device = self.device
         scale = float(self.logit_scale)
@@ -413,9 +444,9 @@ class ReCLIP:
             raise ValueError("the text encoder has no LayerNorm parameters for ReCLIP-T to train")
         _freeze_all_but(v_model, v_params)
         _freeze_all_but(t_model, t_params)
-        opt_v = torch.optim.SGD([p for _, p in v_params], lr=float(self.lr_visual), momentum=float(self.momentum),
+        opt_v = torch.optim.SGD([p for _, p in v_params], lr=lr_visual, momentum=float(self.momentum),
                                 weight_decay=float(self.weight_decay))
-        opt_t = torch.optim.SGD([p for _, p in t_params], lr=float(self.lr_text), momentum=float(self.momentum),
+        opt_t = torch.optim.SGD([p for _, p in t_params], lr=lr_text, momentum=float(self.momentum),
                                 weight_decay=float(self.weight_decay))
         fp16 = (self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
         scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
@@ -471,6 +502,8 @@ class ReCLIP:
         self.visual_model_ = v_model
         self.text_model_ = t_model
         self.epochs_ = epochs
+        self.lr_visual_ = lr_visual
+        self.lr_text_ = lr_text
         self.centroids_ = centroids.cpu().numpy()
         self.text_classifier_ = t_first.cpu().numpy()
         self.text_class_embeddings_ = t_all.cpu().numpy()
@@ -647,6 +680,7 @@ class ReCLIP:
             raise
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "model": self.clip.name,
                 "embed_dim": int(self.centroids_.shape[1]), "epochs_run": int(self.epochs_),
+                "lr_visual_run": self.lr_visual_, "lr_text_run": self.lr_text_,
                 "params": self.get_params()}
         atomic_write_text(path / names[3], json.dumps(meta, indent=2))
         atomic_write_text(path / names[4], self.history_.to_csv(index=False))
@@ -688,6 +722,8 @@ class ReCLIP:
         for k, v in tensors.items():
             setattr(est, k, v.numpy())
         est.epochs_ = meta.get("epochs_run")
+        est.lr_visual_ = meta.get("lr_visual_run")
+        est.lr_text_ = meta.get("lr_text_run")
         hist = path / "history.csv"
         est.history_ = pd.read_csv(hist) if hist.is_file() else None
         return est

@@ -29,12 +29,13 @@ DOMAINS = ("photo", "sketch", "night", "noisy")
 # signal for adaptation to win back (see modgap/zoo/MODEL_CARD.md).
 DOMAIN_PARAMS = {
     "photo": {},
-    # thin outlines on paper; ``ink`` pulls the stroke colour toward graphite
-    "sketch": {"width": 1.6, "ink": 0.35},
+    # outlines on paper with a faint wash of colour inside; ``ink`` pulls
+    # stroke and wash toward graphite, ``fill`` is the wash's opacity
+    "sketch": {"width": 1.6, "ink": 0.35, "fill": 0.3},
     # dark, low contrast, blue cast
     "night": {"brightness": 0.32, "tint": (0.75, 0.85, 1.0), "floor": 0.05},
-    # heavy sensor noise
-    "noisy": {"sigma": 0.28},
+    # heavy sensor noise over washed-out colours
+    "noisy": {"sigma": 0.28, "desaturate": 0.0},
 }
 
 
@@ -99,8 +100,10 @@ def compose(
     if domain == "sketch":
         paper = rng.uniform(0.88, 1.0, size=(n, 1, 1, 1)).astype(np.float32)
         stroke = (1 - p["ink"]) * fg + p["ink"] * 0.12
+        wash = fill[..., None] * p.get("fill", 0.0)
+        img = paper * (1 - wash) + stroke * wash
         a = edge[..., None]
-        img = paper * (1 - a) + stroke * a
+        img = img * (1 - a) + stroke * a
         img = img + _noise(rng, img.shape, 0.01)
         return to_uint8(img)
     if bg is None:
@@ -115,5 +118,8 @@ def compose(
         img = p["floor"] + np.clip(img, 0, 1) * p["brightness"] * tint
         img = img + _noise(rng, img.shape, 0.015)
     elif domain == "noisy":
+        if p.get("desaturate"):
+            grey = img.mean(axis=-1, keepdims=True)
+            img = (1 - p["desaturate"]) * img + p["desaturate"] * grey
         img += _noise(rng, img.shape, p["sigma"])
     return to_uint8(img)
