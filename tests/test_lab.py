@@ -45,8 +45,6 @@ def lab(tmp_path):
     port = free_port()
     args = (f"--no-browser --port={port} --ServerApp.port_retries=0 "
             f"--ServerApp.token={TOKEN} --ServerApp.ip=127.0.0.1")
-    if os.geteuid() == 0:  # containers and CI runners often run as root, which Jupyter refuses by default
-        args += " --allow-root"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     log = tmp_path / "lab.log"
     with open(log, "wb") as out:
