@@ -158,7 +158,7 @@ def render_glyphs(scenes: dict, domain: str, rng: np.random.Generator, image_siz
         bg = _photo_background(rng, n, image_size, image_size)
         flat = np.broadcast_to(grey_bg[:, None, None, :], bg.shape)
         bg = np.where(grey[:, None, None, None], flat, bg).astype(np.float32)
-    return compose(fill, edge, fg, domain, rng, bg=bg, params=params)
+    return compose(fill, edge, fg, domain, rng, bg=bg, params=params, set_name="glyphs")
 
 
 def glyph_captions(scenes: dict, rng: np.random.Generator, per_image: int = 5) -> list[list[str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .render import COLORS, DOMAIN_PARAMS, compose
+from .render import COLORS, compose, domain_params
 
 __all__ = [
     "SHAPES", "SIZES", "POSITIONS", "SHAPE_TEMPLATES", "COLOR_TEMPLATES",
@@ -137,12 +137,11 @@ def render_shapes(
             dist[m] = _sdf(k, x[m], y[m])
     dist_px = dist * radius[:, None, None]
     fill = np.clip(np.float32(0.5) - dist_px, 0.0, 1.0)
-    sketch = dict(DOMAIN_PARAMS["sketch"], **(params or {})) if domain == "sketch" else None
-    width = sketch["width"] if sketch else 1.6
+    width = domain_params("sketch", "shapes", params)["width"] if domain == "sketch" else 1.6
     edge = np.clip(width / 2 + 0.5 - np.abs(dist_px), 0.0, 1.0)
     palette = np.array(list(COLORS.values()), dtype=np.float32)
     fg = np.clip(palette[scenes["color"]] + scenes["color_jitter"], 0, 1)
-    return compose(fill, edge, fg, domain, rng, params=params)
+    return compose(fill, edge, fg, domain, rng, params=params, set_name="shapes")
 
 
 def captions_for(scenes: dict, rng: np.random.Generator, per_image: int = 5) -> list[list[str]]:

@@ -40,14 +40,14 @@ def params_at(domain: str, g: float, c: float) -> dict:
 
 
 def _accuracy(clip, name, task, domain, params, classes, n, seed):
-    old = dict(DOMAIN_PARAMS[domain])
-    DOMAIN_PARAMS[domain].update(params)
+    old = DOMAIN_PARAMS[domain]
+    # the swept values replace the shipped ones, per-set overrides included
+    DOMAIN_PARAMS[domain] = {**{k: v for k, v in old.items() if not isinstance(v, dict)}, **params}
     try:
         s = data.load(name, n=n, seed=seed, task=task, domain=domain)
         return metrics.zero_shot_accuracy(clip.encode_images(s), classes, s.labels), 1 / len(s.classnames)
     finally:
-        DOMAIN_PARAMS[domain].clear()
-        DOMAIN_PARAMS[domain].update(old)
+        DOMAIN_PARAMS[domain] = old
 
 
 def sweep(clip, strengths, n: int = 600, seed: int = 0) -> pd.DataFrame:
