@@ -10,7 +10,7 @@ from . import glyphs, shapes
 from .containers import ImageSet, PairSet
 from .render import COLORS, DOMAINS
 
-__all__ = ["load", "available", "DEFAULT_SIZES"]
+__all__ = ["load", "available", "world_pairs", "DEFAULT_SIZES"]
 
 SPLITS = ("train", "test")
 DEFAULT_SIZES = {"train": 10000, "test": 2000}
@@ -129,3 +129,18 @@ def load(name: str, split: str = "test", n: int | None = None, seed: int = 0,
         return PairSet(images, captions, name=full, labels=labels, classnames=classnames,
                        templates=templates, domain=domain)
     return ImageSet(images, labels, classnames, templates, name=full, task=task, domain=domain)
+
+
+def world_pairs(n: int, split: str = "train", glyph_fraction: float = 0.45, seed: int = 0) -> PairSet:
+    """A mix of captioned shapes and rendered digits (training domain):
+    what the bundled model was trained on, and what refinement uses."""
+    if not 0 <= glyph_fraction <= 1:
+        raise ValueError(f"glyph_fraction must be in [0, 1], got {glyph_fraction}")
+    n_glyph = int(round(n * glyph_fraction))
+    sets = []
+    if n - n_glyph:
+        sets.append(load("shapes-pairs", split=split, n=n - n_glyph, seed=seed))
+    if n_glyph:
+        sets.append(load("glyphs-pairs", split=split, n=n_glyph, seed=seed))
+    images = np.concatenate([s.images for s in sets])
+    return PairSet(images, [c for s in sets for c in s.captions], name=f"world-pairs/{split}")

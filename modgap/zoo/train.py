@@ -33,18 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import data
-from ..data.containers import PairSet
-
-
-def _pairs(n: int, glyph_fraction: float, seed: int):
-    """A fresh mix of shape and digit pairs: uint8 images and their captions."""
-    n_glyph = int(round(n * glyph_fraction))
-    sets = [data.load("shapes-pairs", split="train", n=n - n_glyph, seed=seed)]
-    if n_glyph:
-        sets.append(data.load("glyphs-pairs", split="train", n=n_glyph, seed=seed))
-    images = np.concatenate([s.images for s in sets])
-    captions = [c for s in sets for c in s.captions]
-    return PairSet(images, captions, name="train-mix")
 
 
 def build_model(name: str = "modgap-tiny", seed: int = 0):
@@ -154,7 +142,7 @@ def main(argv=None) -> int:
     scale = model.logit_scale.exp().item()
     log, evals, step, t0 = [], [], 0, time.time()
     for epoch in range(args.epochs):
-        pairs = _pairs(args.pairs, args.glyph_fraction, seed=args.seed * 1000 + epoch)
+        pairs = data.world_pairs(args.pairs, "train", args.glyph_fraction, seed=args.seed * 1000 + epoch)
         rng = np.random.default_rng([args.seed, epoch])
         tokens = tokenizer(pairs.sample_captions(rng=rng))
         order = rng.permutation(len(pairs))
