@@ -215,3 +215,16 @@ def contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, logit_sc
     logits = logit_scale * image_feat @ text_feat.T
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def hybrid_target(teacher_logits: torch.Tensor, alpha: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """HyCD's target rows, ``alpha * I + (1 - alpha) * softmax(teacher / T)``,
+    for a square logit matrix (what :func:`hybrid_distillation` fits the
+    student to); each row sums to one."""
+    _check_features("teacher_logits", teacher_logits)
+    if teacher_logits.ndim != 2 or teacher_logits.shape[0] != teacher_logits.shape[1]:
+        raise ValueError(f"teacher_logits must be square [B, B], got shape {tuple(teacher_logits.shape)}")
+    alpha, temperature = _check_alpha_temperature(alpha, temperature)
+    soft = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    eye = torch.eye(teacher_logits.shape[0], device=soft.device, dtype=soft.dtype)
+    return alpha * eye + (1.0 - alpha) * soft

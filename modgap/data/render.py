@@ -29,17 +29,19 @@ DOMAINS = ("photo", "sketch", "night", "noisy")
 # that each shift costs at least 15 points of zero-shot accuracy on every
 # task yet stays above twice chance, leaving something for adaptation to win
 # back (modgap/zoo/MODEL_CARD.md). A nested dict holds overrides for one set
-# (``"glyphs"``): thin digit strokes and filled shapes respond differently to
-# noise, so each gets the strength that meets both conditions.
+# (``"shapes"``, ``"glyphs"``): thin digit strokes and filled shapes respond
+# differently to darkness and noise, so each gets the strength that meets
+# both conditions.
 DOMAIN_PARAMS = {
     "photo": {},
     # outlines on paper with a pale wash inside; ``ink`` pulls stroke and
     # wash toward graphite, ``fill`` is the wash's opacity
-    "sketch": {"width": 1.6, "ink": 0.78, "fill": 0.82},
+    "sketch": {"width": 1.6, "ink": 0.78, "fill": 0.82, "shapes": {"fill": 0.9}},
     # dark, low contrast, blue cast
-    "night": {"brightness": 0.43, "tint": (0.64, 0.79, 1.0), "floor": 0.05},
-    # sensor noise over washed-out colours
-    "noisy": {"sigma": 0.056, "desaturate": 0.81, "glyphs": {"sigma": 0.10}},
+    "night": {"brightness": 0.43, "tint": (0.64, 0.79, 1.0), "floor": 0.05, "shapes": {"brightness": 0.55}},
+    # sensor noise over washed-out colours and a wrong white balance
+    "noisy": {"sigma": 0.056, "desaturate": 0.81, "shapes": {"sigma": 0.05, "desaturate": 0.3, "cast": 0.5},
+              "glyphs": {"sigma": 0.10}},
 }
 
 
@@ -136,5 +138,8 @@ def compose(
         if p.get("desaturate"):
             grey = img.mean(axis=-1, keepdims=True)
             img = (1 - p["desaturate"]) * img + p["desaturate"] * grey
+        if p.get("cast"):
+            # a wrong white balance: a random gain per image and channel
+            img = img * rng.uniform(1 - p["cast"], 1 + p["cast"], size=(n, 1, 1, 3)).astype(np.float32)
         img += _noise(rng, img.shape, p["sigma"])
     return to_uint8(img)
