@@ -118,11 +118,21 @@ def _cmd_reclip(args) -> int:
     out = _out_dir(args.out, args.overwrite)
     model = ReCLIP(clip, ds.classnames, ds.templates, epochs=args.epochs, seed=args.seed)
     model.fit(ds, labels=ds.labels)
-    model.history_.to_csv(out / "history.csv", index=False)
-    paths = model.save(out, overwrite=args.overwrite)
+    model.save(out, overwrite=args.overwrite)
     print(model.history_.to_string(index=False))
-    print(f"wrote {out / 'history.csv'} and {paths}")
+    arch = _architecture(clip)
+    print(f"wrote {out}: history.csv, visual_model.safetensors, text_model.safetensors, classifier, settings")
+    if arch:
+        print(f"load a branch with modgap.load_model('{arch}:{out / 'visual_model.safetensors'}'), "
+              f"or all of it with modgap.adapt.ReCLIP.load('{out}', clip)")
     return 0
+
+
+def _architecture(clip) -> str | None:
+    """The open_clip architecture name of a clip loaded from an ARCH[:TAG] spec."""
+    if clip.name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    return clip.name.split(":")[0]
 
 
 def _cmd_refine(args) -> int:
@@ -138,7 +148,7 @@ def _cmd_refine(args) -> int:
     ref = CLIPRefine(clip, method=args.method, seed=args.seed, **kw).fit(pairs)
     ref.history_.to_csv(out / "history.csv", index=False)
     weights = save_state_dict(ref.model_, out / "model.safetensors", overwrite=args.overwrite)
-    arch = clip.name.split(":")[0] if not clip.name.startswith(("hf-hub:", "local-dir:")) else None
+    arch = _architecture(clip)
     (out / "model.json").write_text(json.dumps({"base": clip.name, "method": args.method, "architecture": arch}))
     print(ref.history_.tail(5).to_string(index=False))
     if arch:

@@ -1,0 +1,59 @@
+"""The modgap command line."""
+import pytest
+
+from modgap import cli
+
+
+def test_info_prints_versions_device_and_offline_models(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("modgap", "torch", "open_clip", "device", "offline", "modgap-tiny"):
+        assert word in out
+
+
+def test_gap_prints_the_report_and_saves_figures(tmp_path, capsys):
+    figs = tmp_path / "figs"
+    assert cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)]) == 0
+    out = capsys.readouterr().out
+    assert "centroid_distance" in out and "linear_separability" in out
+    assert {p.name for p in figs.iterdir()} >= {"embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png"}
+    with pytest.raises(SystemExit, match="exists"):
+        cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)])
+
+
+def test_gap_on_a_labelled_image_set_uses_class_prompts(capsys):
+    assert cli.main(["gap", "--data", "shapes", "--domain", "night", "--n", "40"]) == 0
+    assert "zero_shot_accuracy" in capsys.readouterr().out
+
+
+def test_unknown_data_set_is_named(capsys):
+    with pytest.raises(ValueError, match="unknown data set"):
+        cli.main(["gap", "--data", "no-such-set", "--n", "10"])
+
+
+def test_reclip_writes_history_and_weights_that_load_back(tmp_path):
+    import modgap
+    from modgap.adapt import ReCLIP
+
+    out = tmp_path / "reclip"
+    assert cli.main(["reclip", "--data", "shapes", "--domain", "night", "--n", "48", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    assert (out / "history.csv").is_file()
+    clip = modgap.load_model("modgap-tiny", device="cpu")
+    est = ReCLIP.load(out, clip)
+    assert est.predict(modgap.data.load("shapes", n=8, domain="night")).shape == (8,)
+    with pytest.raises(SystemExit, match="not empty"):
+        cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)])
+
+
+def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
+    import modgap
+
+    out = tmp_path / "refined"
+    assert cli.main(["refine", "--pairs", "shapes-pairs", "--n", "320", "--method", "clip-refine",
+                     "--epochs", "1", "--batch-size", "32", "--out", str(out)]) == 0
+    assert "modgap.load_model('modgap-tiny:" in capsys.readouterr().out
+    refined = modgap.load_model(f"modgap-tiny:{out / 'model.safetensors'}", device="cpu")
+    base = modgap.load_model("modgap-tiny", device="cpu")
+    moved = any(not (a == b).all() for a, b in zip(refined.model.parameters(), base.model.parameters()))
+    assert moved
