@@ -304,6 +304,9 @@ def propagate(image_emb, class_emb, k: int = 20, alpha: float = 0.99, project: b
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if device is None:
         device = image_emb.device if isinstance(image_emb, torch.Tensor) else "cpu"
+    device = torch.device(device)
+    if device.type == "mps":  # torch's sparse kernels do not run on MPS
+        device = torch.device("cpu")
     img = _as_float_tensor(image_emb, "image_emb", device)
     cls = _as_float_tensor(class_emb, "class_emb", device)
     if img.shape[1] != cls.shape[1]:
@@ -380,7 +383,8 @@ def label_propagation(image_emb, class_emb, k: int = 20, alpha: float = 0.99, pr
 
     Returns
     -------
-    LongTensor ``[N]`` (and the scores, if asked), on ``device``.
+    LongTensor ``[N]`` (and the scores, if asked), on ``device`` (on the CPU
+    for an MPS device, where torch has no sparse kernels).
 
     Notes
     -----

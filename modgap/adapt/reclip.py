@@ -476,7 +476,7 @@ class ReCLIP:
             lp_v = self._propagate(fv, text0)
             centroids = lp_v.centroids(torch.cat([text0, fv]), fallback=text0)
             lp_t = self._propagate(f0, t_all)
-            v_pl, t_pl = lp_v.image_labels, lp_t.image_labels
+            v_pl, t_pl = lp_v.image_labels.to(device), lp_t.image_labels.to(device)
             agree = v_pl == t_pl
             logits_v = scale * fv @ centroids.T
             logits_t = scale * f0 @ t_first.T
