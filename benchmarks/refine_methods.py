@@ -27,93 +27,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
 ALL_METHODS = ("contrastive", "self-kd", "hycd", "rafa", "clip-refine")
 TASKS = (("shapes", "shape"), ("shapes", "color"), ("glyphs", "digit"))
-
-
-def train_pairs(n: int, glyph_fraction: float, seed: int):
-    """A mix of captioned shapes and digits from the train split."""
-    from modgap import data
-    from modgap.data import PairSet
-
-    n_glyph = int(round(n * glyph_fraction))
-    sets = [data.load("shapes-pairs", split="train", n=n - n_glyph, seed=seed),
-            data.load("glyphs-pairs", split="train", n=n_glyph, seed=seed)]
-    return PairSet(np.concatenate([s.images for s in sets]), [c for s in sets for c in s.captions],
-                   name="refine-train")
-
-
-def recall_at_1(img: torch.Tensor, txt: torch.Tensor, texts: list[str], owner: np.ndarray) -> dict:
-    """Recall@1 both ways over distinct caption strings (see the module
-    docstring); ``texts[j]`` is a caption of image ``owner[j]``."""
-    import torch.nn.functional as F
-
-    strings = sorted(set(texts))
-    index = {t: k for k, t in enumerate(strings)}
-    first = {}
-    for j, t in enumerate(texts):
-        first.setdefault(t, j)
-    relevant = np.zeros((len(img), len(strings)), dtype=bool)
-    relevant[owner, [index[t] for t in texts]] = True
-    u = F.normalize(txt[[first[t] for t in strings]].float(), dim=-1).cpu()
-    sim = F.normalize(img.float(), dim=-1).cpu() @ u.T
-    i2t = relevant[np.arange(len(img)), sim.argmax(1).numpy()].mean()
-    t2i = relevant[sim.argmax(0).numpy(), np.arange(len(strings))].mean()
-    return {"i2t R@1": 100 * float(i2t), "t2i R@1": 100 * float(t2i)}
-
-
-class Evaluation:
-    """The held-out sets, generated once and embedded per model."""
-
-    def __init__(self, n_pairs: int, n_zero_shot: int, seed: int):
-        from modgap import data
-        from modgap.data import DOMAINS
-
-        half = n_pairs // 2
-        self.pairs = [data.load("shapes-pairs", split="test", n=half, seed=seed),
-                      data.load("glyphs-pairs", split="test", n=n_pairs - half, seed=seed)]
-        self.domains = DOMAINS
-        self.sets = {}
-        for domain in DOMAINS:
-            for name, task in TASKS:
-                self.sets[domain, name, task] = data.load(name, split="test", n=n_zero_shot, seed=seed,
-                                                          domain=domain, task=task)
-
-    def __call__(self, clip) -> dict:
-        from modgap import metrics
-
-        img = torch.cat([clip.encode_images(p, progress=False) for p in self.pairs])
-        texts, owner, offset = [], [], 0
-        for p in self.pairs:
-            t, o = p.flat_captions()
-            texts += t
-            owner.append(o + offset)
-            offset += len(p)
-        owner = np.concatenate(owner)
-        txt = clip.encode_texts(texts, progress=False)
-        first = np.r_[0, np.flatnonzero(np.diff(owner)) + 1]   # each image's first caption
-        row = {
-            "centroid distance": metrics.centroid_distance(img, txt[first]),
-            "paired cosine": metrics.paired_cosine(img, txt[first]),
-            "uniformity": metrics.uniformity(torch.cat([img, txt[first]])),
-            "alignment": metrics.alignment(img, txt[first]),
-        }
-        acc, cache = {}, {}
-        for (domain, name, task), s in self.sets.items():
-            key = (domain, name)   # the tasks of one set share its images
-            if key not in cache:
-                cache[key] = clip.encode_images(s, progress=False)
-            cls = clip.class_embeddings(s.classnames, s.templates)
-            acc[domain, task] = 100 * metrics.zero_shot_accuracy(cache[key], cls, s.labels)
-        for domain in self.domains:
-            row[f"zero-shot {domain}"] = float(np.mean([acc[domain, t] for _, t in TASKS]))
-        row.update(recall_at_1(img, txt, texts, owner))
-        row.update({f"photo {t}": acc["photo", t] for _, t in TASKS})
-        return row
 
 
 def markdown(table: pd.DataFrame, digits: int) -> str:
@@ -145,12 +63,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     import modgap
+    from modgap import data
     from modgap.adapt.refine import CLIPRefine
+    from modgap.evaluate import WorldBenchmark
 
     t0 = time.time()
     clip = modgap.load_model(args.model, device="cpu")
-    pairs = train_pairs(args.pairs, args.glyph_fraction, args.data_seed)
-    evaluate = Evaluation(args.eval_pairs, args.eval_n, seed=0)
+    pairs = data.world_pairs(args.pairs, "train", args.glyph_fraction, seed=args.data_seed)
+    evaluate = WorldBenchmark(args.eval_pairs, args.eval_n, seed=0)
     rows = {"none": {**evaluate(clip), "fit s": 0.0}}
     histories, settings = [], None
     for method in args.methods:
