@@ -58,6 +58,7 @@ class WorldBenchmark:
         if n_pairs < 2 or n_zero_shot < 1:
             raise ValueError("n_pairs must be at least 2 and n_zero_shot at least 1")
         half = n_pairs // 2
+        self.domains = DOMAINS
         self.pairs = [data.load("shapes-pairs", split="test", n=half, seed=seed),
                       data.load("glyphs-pairs", split="test", n=n_pairs - half, seed=seed)]
         self.sets = {}
