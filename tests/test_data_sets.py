@@ -55,7 +55,7 @@ def test_night_is_darker_and_noisy_is_noisier():
     photo = data.load("shapes", n=200).images.astype(float)
     night = data.load("shapes", n=200, domain="night").images.astype(float)
     noisy = data.load("shapes", n=200, domain="noisy").images.astype(float)
-    assert night.mean() < 0.5 * photo.mean()
+    assert night.mean() < 0.6 * photo.mean()
     # pixel-to-pixel differences measure high-frequency noise
     assert np.abs(np.diff(noisy, axis=2)).mean() > 1.5 * np.abs(np.diff(photo, axis=2)).mean()
 
