@@ -59,14 +59,15 @@ def run(args):
     sets = [_parse_set(s) for s in args.sets] if args.sets else list(SETS)
     if args.with_photo:
         sets = [(n, t, "photo") for n, t in dict.fromkeys((n, t) for n, t, d in sets if d)] + sets
-    print(f"model {args.model} on {clip.device}; n={args.n}, batch_size={args.batch_size}, seed={args.seed}, "
-          f"threads={args.threads}")
+    print(f"model {args.model} on {clip.device}; n={args.n}, batch_size={args.batch_size}, k={args.k}, "
+          f"alpha={args.alpha}, seed={args.seed}, threads={args.threads}")
     rows = []
     for name, task, domain in sets:
         ds = modgap.data.load(name, split="test", n=args.n, seed=args.data_seed, domain=domain, task=task)
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         est = ReCLIP(clip, ds.classnames, ds.templates, epochs=args.epochs, batch_size=args.batch_size,
-                     lr_visual=args.lr_visual, lr_text=args.lr_text, seed=args.seed, progress=args.progress)
+                     lr_visual=args.lr_visual, lr_text=args.lr_text, k=args.k, alpha=args.alpha, seed=args.seed,
+                     progress=args.progress)
         est.fit(ds, labels=ds.labels)
         cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
         f0 = torch.as_tensor(est.initial_image_embeddings_)
@@ -118,6 +119,8 @@ def main(argv=None):
     p.add_argument("--lr-visual", type=float, help="default: ReCLIP's")
     p.add_argument("--lr-text", type=float, help="default: ReCLIP's")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=int, default=20, help="label propagation's neighbours")
+    p.add_argument("--alpha", type=float, default=0.99, help="label propagation's strength")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
