@@ -1,0 +1,127 @@
+"""Notebook 01 in a real browser: JupyterLab started by `make lab`, driven by
+Playwright in Debian's headless Chromium, runs every cell and renders the
+gap-shift slider as a live widget.
+
+Screenshots go to the test's temporary folder, or to ``MODGAP_SCREENSHOTS``
+when that is set (CI keeps them there). Needs Chromium (``apt-get install
+chromium``, which `.ci/run` does) and the ``playwright`` Python package (in
+the ``dev`` extra); its own browser download is not used.
+"""
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from labserver import REPO, TOKEN, get, make_lab, wait_for_api
+
+NOTEBOOK = "01_measuring_the_gap.ipynb"
+CHROMIUM = os.environ.get("MODGAP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Without the background-networking flags Chromium keeps calling Google's
+# hosts, which a closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUN_PATIENCE_MS = 8 * 60 * 1000
+
+if not CHROMIUM and os.environ.get("CI"):
+    raise RuntimeError("CI needs Chromium for tests/test_browser.py: apt-get install chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM, reason="no Chromium on this machine (apt-get install chromium)")
+
+
+@pytest.fixture
+def shots(tmp_path):
+    d = Path(os.environ.get("MODGAP_SCREENSHOTS") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def run_all_cells(page):
+    """Run > Run All Cells from JupyterLab's menu bar."""
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def dismiss_news_prompt(page):
+    """Answer JupyterLab's "notified about news?" toast so it does not cover the output."""
+    no = page.locator(".jp-toast-button", has_text="No")
+    if no.count():
+        no.first.click()
+        no.first.wait_for(state="detached", timeout=10_000)
+
+
+def drag_right(page, handle, pixels=60):
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + pixels, y, steps=6)
+    page.mouse.up()
+
+
+def wait_until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {seconds} s")
+        time.sleep(0.5)
+
+
+def lab_settings_without_autosave(folder: Path) -> Path:
+    """A JupyterLab user-settings folder that never saves documents on its own:
+    the run must not write outputs into the committed notebook."""
+    plugin = folder / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_text(json.dumps({"autosave": False}))
+    return folder
+
+
+def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    notebook = REPO / "notebooks" / NOTEBOOK
+    committed = notebook.read_bytes()
+    settings = lab_settings_without_autosave(tmp_path / "user-settings")
+    with make_lab(tmp_path, f"--LabApp.user_settings_dir={settings}") as (base, log, proc):
+        wait_for_api(base, log, proc)
+        _, body = get(f"{base}/lab/api/settings/@jupyterlab/docmanager-extension:plugin")
+        assert json.loads(body)["settings"].get("autosave") is False
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                         timeout=60_000)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={TOKEN}", timeout=120_000)
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+                # the kernel has started when the toolbar says Idle
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+                run_all_cells(page)
+
+                slider = page.locator(".jp-OutputArea .widget-slider").first
+                # JupyterLab skips rendering cells out of view, so wait for the
+                # slider to exist, then bring it into view
+                slider.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
+                slider.scroll_into_view_if_needed()
+                slider.wait_for(state="visible", timeout=30_000)
+                dismiss_news_prompt(page)
+                # the widget is what JupyterLab rendered, not the static PNG
+                assert "shift" in slider.inner_text()
+                readout = slider.locator(".widget-readout")
+                before = readout.inner_text().strip()
+                assert before == "+0.00"
+                view = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
+                view.screenshot(path=str(shots / "01_gap_shift_slider.png"))
+
+                # moving the slider reaches the kernel and redraws the figure
+                first_src = view.locator("img").first.get_attribute("src")
+                drag_right(page, slider.locator(".noUi-handle").first)
+                wait_until(lambda: view.locator("img").first.get_attribute("src") != first_src, 120)
+                after = readout.inner_text().strip()
+                assert after != before and float(after) > 0
+                view.screenshot(path=str(shots / "01_gap_shift_slider_moved.png"))
+                page.screenshot(path=str(shots / "01_notebook.png"))
+            finally:
+                browser.close()
+    assert notebook.read_bytes() == committed, "the browser run saved into the notebook"
+    for name in ("01_gap_shift_slider.png", "01_gap_shift_slider_moved.png", "01_notebook.png"):
+        png = (shots / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
