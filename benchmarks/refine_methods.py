@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="modgap-tiny", help="model spec (default: the bundled modgap-tiny)")
     ap.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
-    ap.add_argument("--pairs", type=int, default=4000, help="training pairs (train split)")
+    ap.add_argument("--pairs", type=int, default=8000, help="training pairs (train split)")
     ap.add_argument("--glyph-fraction", type=float, default=0.45)
     ap.add_argument("--epochs", type=int, default=None, help="default: CLIPRefine's default for the model")
     ap.add_argument("--batch-size", type=int, default=None)

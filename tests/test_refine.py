@@ -12,7 +12,7 @@ import torch
 import modgap
 from modgap import data, zoo
 from modgap.adapt import refine as refine_mod
-from modgap.adapt.refine import CLIPRefine, RefineObjective, default_hyperparameters, refine
+from modgap.adapt.refine import CLIPRefine, RefineObjective, auto_temperature, default_hyperparameters, refine
 from modgap.embed import pixels_to_tensor
 
 
@@ -43,7 +43,7 @@ def same_state(a, b):
 
 
 def small(tiny, **kw):
-    args = dict(epochs=1, batch_size=16, lr=1e-3, holdout=8, progress=False)
+    args = dict(epochs=1, batch_size=16, lr=1e-3, warmup=0, holdout=8, progress=False)
     args.update(kw)
     return CLIPRefine(tiny, **args)
 
@@ -51,7 +51,13 @@ def small(tiny, **kw):
 def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path):
     before = state(tiny.model)
     seen = []
-    ref = small(tiny, method="clip-refine", log_every=1).fit(pairs, callback=lambda rec, est: seen.append(rec))
+
+    def callback(record, est):
+        # the model in training is there to probe from the first step on
+        assert est.model_ is not tiny.model and est.clip_.model is est.model_
+        seen.append(record)
+
+    ref = small(tiny, method="clip-refine", log_every=1).fit(pairs, callback=callback)
     # the caller's model is untouched; the refined copy moved
     assert same_state(before, state(tiny.model))
     assert ref.model_ is not tiny.model
@@ -67,9 +73,11 @@ def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path)
     for col in ("loss", "rafa", "hycd", "centroid_distance", "lr", "epoch", "pairs_seen"):
         assert col in h.columns
     assert np.isnan(h.loc[0, "loss"]) and np.isfinite(h.loc[1:, "loss"]).all()
-    np.testing.assert_allclose(h.loc[1:, "loss"], h.loc[1:, "rafa"] + h.loc[1:, "hycd"], rtol=1e-6)
+    w = ref.terms_
+    np.testing.assert_allclose(h.loc[1:, "loss"], w["rafa"] * h.loc[1:, "rafa"] + w["hycd"] * h.loc[1:, "hycd"],
+                               rtol=1e-6)
     assert np.isfinite(h["centroid_distance"]).all() and (h["centroid_distance"] > 0).all()
-    assert (h["lr"] == 1e-3).all()
+    assert (h.loc[1:, "lr"] == 1e-3).all()
     # the first gap is the untouched model's; the callback saw every step
     probe = small(tiny, method="clip-refine").fit(pairs, callback=lambda rec, est: False)
     assert probe.history_.loc[0, "centroid_distance"] == pytest.approx(h.loc[0, "centroid_distance"])
@@ -177,9 +185,43 @@ def test_eval_pairs_and_holdout_zero(tiny, pairs):
 
 
 def test_defaults_follow_model_size(tiny):
-    assert default_hyperparameters(tiny.model) == {"lr": 1e-3, "batch_size": 128, "epochs": 2}
+    small_hp = default_hyperparameters(tiny.model)
     big = torch.nn.Linear(6000, 6000, device="meta")   # 36M parameters, no memory
-    assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1}
+    # the reference recipe for large models
+    assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0,
+                                            "lambda_rafa": 1.0, "warmup": 0}
+    assert small_hp.keys() == default_hyperparameters(big).keys()
+    assert small_hp["lr"] > 1e-4 and small_hp["temperature"] == "auto"
+
+
+def test_lambda_rafa_none_takes_the_model_size_default(tiny, pairs):
+    hp = default_hyperparameters(tiny.model)
+    est = small(tiny, method="clip-refine", batch_size=32, holdout=0).fit(pairs)
+    assert est.terms_ == {"rafa": hp["lambda_rafa"], "hycd": 1.0}
+    given = small(tiny, method="clip-refine", batch_size=32, holdout=0, lambda_rafa=2.0).fit(pairs)
+    assert given.terms_ == {"rafa": 2.0, "hycd": 1.0}
+
+
+def test_auto_temperature_is_the_norm_product_over_the_logit_scale(tiny, pairs):
+    held = data.load("shapes-pairs", split="test", n=8, seed=1)
+    est = small(tiny, method="hycd", temperature="auto", holdout=0).fit(pairs, eval_pairs=held)
+    with torch.no_grad():
+        img = tiny.model.encode_image(pixels_to_tensor(pairs.images))
+        txt = tiny.model.encode_text(tiny.tokenize(pairs.first_captions()))
+    expected = (img.norm(dim=1) * txt.norm(dim=1)).mean().item() / tiny.model.logit_scale.exp().item()
+    assert est.temperature_ == pytest.approx(expected, rel=1e-4)
+    assert auto_temperature(tiny, pairs) == pytest.approx(expected, rel=1e-4)
+    assert small(tiny, method="hycd", temperature=2.5).fit(pairs).temperature_ == 2.5
+
+
+def test_warmup_ramps_the_learning_rate_then_holds_it(tiny, pairs):
+    est = small(tiny, method="rafa", batch_size=8, warmup=2, log_every=1).fit(pairs)
+    lr = est.history_["lr"].to_numpy()
+    assert np.isnan(lr[0])
+    np.testing.assert_allclose(lr[1:4], [1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert (lr[4:] == 1e-3).all()
+    frac = small(tiny, method="rafa", batch_size=8, warmup=0.5).fit(pairs)
+    assert frac.warmup_ == round(0.5 * frac.n_steps_)
 
 
 @pytest.mark.parametrize("kw,name", [
@@ -192,6 +234,8 @@ def test_defaults_follow_model_size(tiny):
     (dict(lambda_kd=-1), "lambda_kd"),
     (dict(holdout=1.5), "holdout"),
     (dict(holdout=60), "holdout"),
+    (dict(warmup=-1), "warmup"),
+    (dict(temperature="hot"), "temperature"),
 ])
 def test_bad_parameters_name_the_argument(tiny, pairs, kw, name):
     with pytest.raises(ValueError, match=name):

@@ -8,10 +8,10 @@ label-propagation graph and the losses are modules of their own.
 from .graph import label_propagation, projection, propagate
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references, self_kd_loss
 from .reclip import ReCLIP, run_reclip
-from .refine import METHODS, CLIPRefine
+from .refine import METHODS, CLIPRefine, auto_temperature
 
 __all__ = [
     "ReCLIP", "run_reclip", "label_propagation", "projection", "propagate",
-    "CLIPRefine", "METHODS",
+    "CLIPRefine", "METHODS", "auto_temperature",
     "rafa_loss", "hycd_loss", "self_kd_loss", "contrastive_loss", "sample_references",
 ]

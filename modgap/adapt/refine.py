@@ -48,7 +48,10 @@ import torch
 
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references
 
-__all__ = ["CLIPRefine", "RefineObjective", "refine", "METHODS", "default_hyperparameters", "SMALL_MODEL_PARAMS"]
+__all__ = [
+    "CLIPRefine", "RefineObjective", "refine", "METHODS", "default_hyperparameters", "auto_temperature",
+    "SMALL_MODEL_PARAMS",
+]
 
 METHODS = ("clip-refine", "rafa", "hycd", "self-kd", "contrastive")
 
@@ -56,11 +59,12 @@ METHODS = ("clip-refine", "rafa", "hycd", "self-kd", "contrastive")
 SMALL_MODEL_PARAMS = 30_000_000
 
 # The reference recipe (COCO Captions, ViT-B/32 and up).
-_LARGE = {"lr": 1e-6, "batch_size": 512, "epochs": 1}
-# Tuned on modgap-tiny (8M parameters) with a few thousand generated pairs;
-# see benchmarks/refine_methods.py. At lr 1e-4 the gap of such a model does
-# not move within a few epochs.
-_SMALL = {"lr": 1e-3, "batch_size": 128, "epochs": 2}
+_LARGE = {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0, "lambda_rafa": 1.0, "warmup": 0}
+# Tuned on modgap-tiny (8M parameters) with 8,000 generated pairs; see
+# benchmarks/refine_methods.py. At lr 1e-3 every method, plain distillation
+# included, costs it 5-10 points of zero-shot accuracy; at lr 1e-4 with
+# RaFA at weight 1 its gap does not move.
+_SMALL = {"lr": 3e-4, "batch_size": 128, "epochs": 2, "temperature": "auto", "lambda_rafa": 5.0, "warmup": 0}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -68,15 +72,21 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def default_hyperparameters(model: torch.nn.Module) -> dict:
-    """The ``lr``, ``batch_size`` and ``epochs`` that :class:`CLIPRefine`
-    uses when they are left as ``None``, chosen by model size.
+    """The ``lr``, ``batch_size``, ``epochs``, HyCD ``temperature``,
+    ``lambda_rafa`` and ``warmup`` that :class:`CLIPRefine` uses when they
+    are left as ``None``, chosen by model size.
 
     Models of at least :data:`SMALL_MODEL_PARAMS` parameters get the
-    reference recipe (AdamW lr 1e-6, batch 512, 1 epoch), meant for a
-    pre-trained CLIP and about 100,000 COCO pairs. Smaller models, such as
-    the bundled ``modgap-tiny``, get lr 1e-3, batch 128 and 2 epochs, which
-    move its gap over a few thousand pairs while keeping its zero-shot
-    accuracy.
+    reference recipe (AdamW lr 1e-6, batch 512, 1 epoch, T = 1, RaFA at
+    weight 1, no warm-up), meant for a pre-trained CLIP and about 100,000
+    COCO pairs. Smaller models, such as the bundled ``modgap-tiny``, get
+    lr 3e-4, batch 128, 2 epochs, RaFA at weight 5 and the temperature of
+    :func:`auto_temperature`: over a few thousand pairs that moves the gap
+    while keeping zero-shot accuracy (``benchmarks/refine_methods.py``).
+    Such a run is about a hundred steps, and RaFA, whose pull towards the
+    prior is mostly noise step by step, needs the larger weight to move the
+    centroids within them. Fresh pairs beat repeated ones: 8,000 pairs for 2
+    epochs lost less accuracy than 4,000 for 4.
     """
     return dict(_SMALL if count_parameters(model) < SMALL_MODEL_PARAMS else _LARGE)
 
@@ -177,23 +187,33 @@ class CLIPRefine:
     epochs, batch_size, lr : optional
         ``None`` picks them by model size, see :func:`default_hyperparameters`
         (reference recipe: 1 epoch, batch 512, lr 1e-6; small models:
-        2 epochs, batch 128, lr 1e-3). The values used are in ``epochs_``,
+        2 epochs, batch 128, lr 3e-4). The values used are in ``epochs_``,
         ``batch_size_`` and ``lr_``.
     weight_decay : float
         AdamW weight decay, applied to every trained parameter as in the
-        reference. No learning-rate schedule and no warm-up.
+        reference.
     alpha : float in [0, 1]
         HyCD's weight on the true pairs (``method="self-kd"`` forces 0).
-    temperature : float
-        HyCD's temperature.
-    lambda_rafa, lambda_kd : float
-        Weights of the RaFA and HyCD terms (1.0 each in CLIP-Refine).
+    temperature : float, "auto" or None
+        HyCD's temperature. ``"auto"`` is :func:`auto_temperature`; ``None``
+        picks by model size (1, as the reference, for large models;
+        ``"auto"`` for small ones). The value used is ``temperature_``.
+    lambda_rafa : float, optional
+        Weight of the RaFA term; ``None`` picks by model size (1.0, the
+        reference's, for large models; 5.0 for small ones, see
+        :func:`default_hyperparameters`). The value used is in ``terms_``.
+    lambda_kd : float
+        Weight of the HyCD term (1.0 in CLIP-Refine).
     lambda_contrastive : float, optional
         Adds the CLIP loss with this weight to any method (the reference's
         ``lambda_cont``); ``None`` means 1 for ``"contrastive"``, 0 otherwise.
     rafa_normalize : bool
         RaFA on unit-normalised features and references instead of the raw
         encoder outputs the reference uses.
+    warmup : int, float or None
+        Linear learning-rate warm-up: a number of steps, or a fraction of
+        all steps; ``None`` picks by model size (0, as the reference, for
+        both). The step count used is ``warmup_``.
     holdout : int or float
         Pairs kept out of training to measure the centroid distance as
         training goes (a count, or a fraction of ``pairs``); ignored when
@@ -231,10 +251,10 @@ class CLIPRefine:
 
     def __init__(self, clip, method: str = "clip-refine", epochs: int | None = None,
                  batch_size: int | None = None, lr: float | None = None, weight_decay: float = 0.1,
-                 alpha: float = 0.5, temperature: float = 1.0, lambda_rafa: float = 1.0,
+                 alpha: float = 0.5, temperature=None, lambda_rafa: float | None = None,
                  lambda_kd: float = 1.0, lambda_contrastive: float | None = None,
-                 rafa_normalize: bool = False, holdout=256, log_every: int | None = None, seed: int = 0,
-                 device=None, progress: bool = True):
+                 rafa_normalize: bool = False, warmup=None, holdout=256, log_every: int | None = None,
+                 seed: int = 0, device=None, progress: bool = True):
         self.clip = clip
         self.method = method
         self.epochs = epochs
@@ -247,6 +267,7 @@ class CLIPRefine:
         self.lambda_kd = lambda_kd
         self.lambda_contrastive = lambda_contrastive
         self.rafa_normalize = rafa_normalize
+        self.warmup = warmup
         self.holdout = holdout
         self.log_every = log_every
         self.seed = seed
@@ -276,15 +297,22 @@ class CLIPRefine:
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        t = self.temperature
+        if not (t is None or t == "auto" or (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0)):
+            raise ValueError(f"temperature must be a positive number, 'auto' or None, got {t!r}")
         for name in ("lambda_rafa", "lambda_kd"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0):
+            if v is None and name == "lambda_rafa":
+                continue
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {v!r}")
         lc = self.lambda_contrastive
         if lc is not None and not (isinstance(lc, (int, float)) and lc >= 0):
             raise ValueError(f"lambda_contrastive must be a non-negative number or None, got {lc!r}")
+        w = self.warmup
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float, np.integer)) or w < 0 or (
+                isinstance(w, float) and w >= 1)):
+            raise ValueError(f"warmup must be None, a step count >= 0 or a fraction in [0, 1), got {w!r}")
         h = self.holdout
         if isinstance(h, bool) or not isinstance(h, (int, float, np.integer)) or h < 0 or (
                 isinstance(h, float) and h >= 1):
@@ -351,7 +379,8 @@ class CLIPRefine:
         self.lr_ = float(self.lr if self.lr is not None else hp["lr"])
         self.batch_size_ = int(self.batch_size if self.batch_size is not None else hp["batch_size"])
         self.epochs_ = int(self.epochs if self.epochs is not None else hp["epochs"])
-        self.terms_ = _method_terms(self.method, self.lambda_rafa, self.lambda_kd, self.lambda_contrastive)
+        lambda_rafa = self.lambda_rafa if self.lambda_rafa is not None else hp["lambda_rafa"]
+        self.terms_ = _method_terms(self.method, lambda_rafa, self.lambda_kd, self.lambda_contrastive)
         alpha = 0.0 if self.method == "self-kd" else float(self.alpha)
 
         n = len(train)
@@ -361,6 +390,8 @@ class CLIPRefine:
         per_epoch = n // bs
         total = per_epoch * self.epochs_
         log_every = self.log_every or max(1, total // 25)
+        warmup = self.warmup if self.warmup is not None else hp["warmup"]
+        self.warmup_ = int(round(warmup * total)) if isinstance(warmup, float) else int(warmup)
 
         student = copy.deepcopy(clip.model).float().to(device)
         teacher = None
@@ -371,12 +402,18 @@ class CLIPRefine:
             student.logit_scale.requires_grad_(False)
         if getattr(student, "logit_bias", None) is not None:
             student.logit_bias.requires_grad_(False)
+        kind, items = _pixel_source(train)
+        temperature = self.temperature if self.temperature is not None else hp["temperature"]
+        if temperature == "auto":
+            temperature = auto_temperature(clip, train) if "hycd" in self.terms_ else 1.0
+        self.temperature_ = float(temperature)
         objective = RefineObjective(student, self.terms_, teacher=teacher, alpha=alpha,
-                                    temperature=self.temperature, rafa_normalize=self.rafa_normalize)
+                                    temperature=self.temperature_, rafa_normalize=self.rafa_normalize)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr_, weight_decay=float(self.weight_decay))
         probe = Clip(student, clip.preprocess, clip.tokenizer, device=device, name=f"{clip.name} (training)")
-        kind, items = _pixel_source(train)
+        self.model_ = student
+        self.clip_ = clip.with_model(student, name=f"{clip.name}+{self.method}")
 
         fork = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
@@ -386,7 +423,7 @@ class CLIPRefine:
             torch.manual_seed(int(self.seed))
             gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
             rng = np.random.default_rng(int(self.seed))
-            rows.append(self._row(0, 0, 0, {}, _gap(probe, held), t0, student))
+            rows.append(self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
             step, stop = 0, False
             bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step", disable=not self.progress)
             try:
@@ -397,6 +434,9 @@ class CLIPRefine:
                         captions = train.sample_captions(idx, rng)
                         pixels = _batch_pixels(clip, kind, items, idx).to(device)
                         tokens = clip.tokenize(captions).to(device)
+                        lr = self._lr_at(step)
+                        for group in opt.param_groups:
+                            group["lr"] = lr
                         student.train()
                         terms = objective(pixels, tokens, generator=gen)
                         opt.zero_grad(set_to_none=True)
@@ -408,11 +448,11 @@ class CLIPRefine:
                         step += 1
                         values = {k: float(v.detach()) for k, v in terms.items()}
                         window.append(values)
-                        record = {"step": step, "epoch": epoch, "lr": self.lr_, **values}
+                        record = {"step": step, "epoch": epoch, "lr": lr, **values}
                         if step % log_every == 0 or step == total:
                             gap = _gap(probe, held)
                             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                            rows.append(self._row(step, epoch, step * bs, mean, gap, t0, student))
+                            rows.append(self._row(step, epoch, step * bs, mean, gap, t0, student, lr))
                             record["centroid_distance"] = gap
                             window = []
                             bar.set_postfix(loss=f"{values['loss']:.3f}", gap=f"{gap:.3f}")
@@ -426,22 +466,27 @@ class CLIPRefine:
                 bar.close()
             if window:
                 mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rows.append(self._row(step, epoch, step * bs, mean, _gap(probe, held), t0, student))
+                rows.append(self._row(step, epoch, step * bs, mean, _gap(probe, held), t0, student, lr))
 
         student.eval()
         student.requires_grad_(False)
         self.n_steps_ = step
-        self.model_ = student
-        self.clip_ = clip.with_model(student, name=f"{clip.name}+{self.method}")
         self.history_ = pd.DataFrame(rows)
         return self
 
-    def _row(self, step, epoch, seen, losses, gap, t0, student) -> dict:
+    def _lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (counting from 0):
+        a linear ramp over the first ``warmup_`` steps, then constant."""
+        if step < self.warmup_:
+            return self.lr_ * (step + 1) / (self.warmup_ + 1)
+        return self.lr_
+
+    def _row(self, step, epoch, seen, losses, gap, t0, student, lr) -> dict:
         row = {"step": step, "epoch": epoch, "pairs_seen": seen}
         for k in ("loss", *self.terms_):
             row[k] = losses.get(k, float("nan"))
         row["centroid_distance"] = gap
-        row["lr"] = self.lr_
+        row["lr"] = lr
         row["logit_scale"] = float(student.logit_scale.detach().exp())
         row["seconds"] = time.time() - t0
         return row
@@ -489,6 +534,26 @@ def refine(clip, pairs, method: str = "clip-refine", out=None, overwrite: bool =
         est.save(out, overwrite=overwrite)
         atomic_write_text(history, est.history_.to_csv(index=False))
     return est
+
+
+def auto_temperature(clip, pairs, n: int = 256) -> float:
+    """A HyCD temperature that turns the raw dot products of ``clip``'s model
+    into its own calibrated logits.
+
+    Returns the mean of ``||f_img|| * ||f_txt||`` (raw encoder outputs) over
+    the first ``n`` pairs of ``pairs`` (first caption each), divided by the
+    model's logit scale. Then ``raw / T`` is about ``logit_scale * cos``:
+    the teacher's soft labels are the probabilities the model was trained
+    to produce, whatever the norms of its raw features. (For ``modgap-tiny``
+    the raw norms are about 22, so raw dot products are about five times
+    sharper than its logits and their softmax is nearly one-hot.)
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    sub = pairs.subset(np.arange(min(n, len(pairs))))
+    img = clip.encode_images(sub, normalize=False, progress=False)
+    txt = clip.encode_texts(sub.first_captions(), normalize=False, progress=False)
+    return float((img.norm(dim=-1) * txt.norm(dim=-1)).mean() / clip.logit_scale)
 
 
 def _pixel_source(pairs):
