@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument("--sets", nargs="+", help="NAME/TASK/DOMAIN entries, e.g. shapes/color/night mnist "
                                             "(default: every shifted domain and both real digit sets)")
     p.add_argument("--with-photo", action="store_true", help="also run the training domain, for reference")
-    p.add_argument("--n", type=int, default=1000, help="images per set")
+    p.add_argument("--n", type=int, default=3000, help="images per set (all of a smaller set)")
     p.add_argument("--epochs", type=int, help="default: ReCLIP's (modgap.adapt.reclip.default_schedule)")
     p.add_argument("--lr-visual", type=float, help="default: ReCLIP's")
     p.add_argument("--lr-text", type=float, help="default: ReCLIP's")
