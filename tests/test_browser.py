@@ -36,10 +36,21 @@ def shots(tmp_path):
     return d
 
 
-def run_all_cells(page):
-    """Run > Run All Cells from JupyterLab's menu bar."""
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+def run_all_cells(page, sync_api, tries=6):
+    """Run > Run All Cells from JupyterLab's menu bar, again until a cell has
+    started: a click while the kernel is still connecting can be lost."""
+    started = ("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
+               ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+    for _ in range(tries):
+        page.keyboard.press("Escape")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(started, timeout=20_000)
+            return
+        except sync_api.TimeoutError:
+            continue
+    pytest.fail(f"no cell started after {tries} clicks on Run All Cells")
 
 
 def dismiss_news_prompt(page):
@@ -94,7 +105,7 @@ def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
                 # the kernel has started when the toolbar says Idle
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-                run_all_cells(page)
+                run_all_cells(page, sync_api)
 
                 slider = page.locator(".jp-OutputArea .widget-slider").first
                 # JupyterLab skips rendering cells out of view, so wait for the
