@@ -31,7 +31,6 @@ import pandas as pd
 import torch
 
 ALL_METHODS = ("contrastive", "self-kd", "hycd", "rafa", "clip-refine")
-TASKS = (("shapes", "shape"), ("shapes", "color"), ("glyphs", "digit"))
 
 
 def markdown(table: pd.DataFrame, digits: int) -> str:
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     import modgap
     from modgap import data
     from modgap.adapt.refine import CLIPRefine
-    from modgap.evaluate import WorldBenchmark
+    from modgap.evaluate import TASKS, WorldBenchmark
 
     t0 = time.time()
     clip = modgap.load_model(args.model, device="cpu")

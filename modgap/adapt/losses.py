@@ -123,11 +123,8 @@ def hybrid_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tens
     if student_logits.shape[0] != student_logits.shape[1]:
         raise ValueError(f"logits must be square [B, B], got shape {tuple(student_logits.shape)}")
     alpha, temperature = _check_alpha_temperature(alpha, temperature)
-    n = student_logits.shape[0]
     log_p = F.log_softmax(student_logits / temperature, dim=1)
-    soft = F.softmax(teacher_logits.detach().to(log_p.dtype) / temperature, dim=1)
-    eye = torch.eye(n, device=log_p.device, dtype=log_p.dtype)
-    target = alpha * eye + (1.0 - alpha) * soft
+    target = hybrid_target(teacher_logits, alpha, temperature).to(log_p.dtype)
     return F.kl_div(log_p, target, reduction="batchmean") * temperature ** 2
 
 
