@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-seed", type=int, default=2024, help="seed of the training pairs")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--history", default=None, help="write every method's history_ to this CSV")
+    ap.add_argument("--csv", default=None, help="write the table (every column, unrounded) to this CSV")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
         fit_s = time.time() - t
         rows[method] = {**evaluate(est.clip_), "fit s": fit_s}
         histories.append(est.history_.assign(method=method))
-        settings = f"lr {est.lr_:g}, batch {est.batch_size_}, {est.epochs_} epochs, {est.n_steps_} steps"
+        settings = (f"lr {est.lr_:g} ({est.schedule_}), batch {est.batch_size_}, {est.epochs_} epochs, "
+                    f"{est.n_steps_} steps")
         h = est.history_
         trace = " ".join(f"{v:.3f}" for v in h["centroid_distance"])
         print(f"{method}: fit {fit_s:.0f} s; held-out gap as it trained: {trace}", flush=True)
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     print(markdown(table[[f"photo {t}" for _, t in TASKS]], 2))
     if args.history:
         pd.concat(histories).to_csv(args.history, index=False)
+    if args.csv:
+        table.to_csv(args.csv)
 
     if "clip-refine" in rows:
         base, cr = rows["none"], rows["clip-refine"]

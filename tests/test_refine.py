@@ -77,7 +77,9 @@ def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path)
     np.testing.assert_allclose(h.loc[1:, "loss"], w["rafa"] * h.loc[1:, "rafa"] + w["hycd"] * h.loc[1:, "hycd"],
                                rtol=1e-6)
     assert np.isfinite(h["centroid_distance"]).all() and (h["centroid_distance"] > 0).all()
-    assert (h.loc[1:, "lr"] == 1e-3).all()
+    # the small model's default schedule: cosine from the peak over the 3 steps
+    assert ref.schedule_ == "cosine" and ref.total_steps_ == 3
+    np.testing.assert_allclose(h.loc[1:, "lr"], [1e-3, 0.75e-3, 0.25e-3], rtol=1e-9)
     # the first gap is the untouched model's; the callback saw every step
     probe = small(tiny, method="clip-refine").fit(pairs, callback=lambda rec, est: False)
     assert probe.history_.loc[0, "centroid_distance"] == pytest.approx(h.loc[0, "centroid_distance"])
@@ -189,9 +191,9 @@ def test_defaults_follow_model_size(tiny):
     big = torch.nn.Linear(6000, 6000, device="meta")   # 36M parameters, no memory
     # the reference recipe for large models
     assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0,
-                                            "lambda_rafa": 1.0, "warmup": 0}
+                                            "lambda_rafa": 1.0, "warmup": 0, "schedule": "constant"}
     assert small_hp.keys() == default_hyperparameters(big).keys()
-    assert small_hp["lr"] > 1e-4 and small_hp["temperature"] == "auto"
+    assert small_hp["lr"] > 1e-4 and small_hp["temperature"] == "auto" and small_hp["schedule"] == "cosine"
 
 
 def test_lambda_rafa_none_takes_the_model_size_default(tiny, pairs):
@@ -215,13 +217,25 @@ def test_auto_temperature_is_the_norm_product_over_the_logit_scale(tiny, pairs):
 
 
 def test_warmup_ramps_the_learning_rate_then_holds_it(tiny, pairs):
-    est = small(tiny, method="rafa", batch_size=8, warmup=2, log_every=1).fit(pairs)
+    est = small(tiny, method="rafa", batch_size=8, warmup=2, schedule="constant", log_every=1).fit(pairs)
     lr = est.history_["lr"].to_numpy()
     assert np.isnan(lr[0])
     np.testing.assert_allclose(lr[1:4], [1e-3 / 3, 2e-3 / 3, 1e-3])
     assert (lr[4:] == 1e-3).all()
     frac = small(tiny, method="rafa", batch_size=8, warmup=0.5).fit(pairs)
     assert frac.warmup_ == round(0.5 * frac.n_steps_)
+
+
+def test_cosine_schedule_decays_from_the_peak_after_warmup(tiny, pairs):
+    est = small(tiny, method="rafa", batch_size=8, warmup=1, schedule="cosine", log_every=1).fit(pairs)
+    assert est.schedule_ == "cosine" and est.total_steps_ == est.n_steps_ == 48 // 8
+    lr = est.history_["lr"].to_numpy()[1:]
+    # step 0 is the ramp, step 1 the peak, then half a cosine over the 5 steps after the ramp
+    expected = [1e-3 / 2] + [1e-3 * 0.5 * (1 + np.cos(np.pi * i / 5)) for i in range(5)]
+    np.testing.assert_allclose(lr, expected)
+    assert (np.diff(lr[1:]) < 0).all() and lr[-1] > 0
+    # the small-model default is the cosine; the reference's constant rate stays one argument away
+    assert small(tiny, method="rafa", batch_size=8).fit(pairs).schedule_ == "cosine"
 
 
 @pytest.mark.parametrize("kw,name", [
@@ -235,6 +249,7 @@ def test_warmup_ramps_the_learning_rate_then_holds_it(tiny, pairs):
     (dict(holdout=1.5), "holdout"),
     (dict(holdout=60), "holdout"),
     (dict(warmup=-1), "warmup"),
+    (dict(schedule="linear"), "schedule"),
     (dict(temperature="hot"), "temperature"),
 ])
 def test_bad_parameters_name_the_argument(tiny, pairs, kw, name):
