@@ -45,7 +45,6 @@ def _label(name, task, domain) -> str:
 
 
 def run(args):
-    import numpy as np
     import pandas as pd
     import torch
 

@@ -8,8 +8,8 @@ matplotlib Figure for the current value and ``widget`` the ipywidgets box.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 

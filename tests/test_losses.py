@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from modgap.adapt.losses import (
-    contrastive_loss, hybrid_distillation, hycd_loss, rafa_loss, sample_references, self_kd_loss,
+    contrastive_loss,
+    hybrid_distillation,
+    hycd_loss,
+    rafa_loss,
+    sample_references,
+    self_kd_loss,
 )
 
 

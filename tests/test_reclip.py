@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from modgap import data
-from modgap.adapt.graph import (conjugate_gradient, knn_affinity, label_propagation, normalized_adjacency,
-                                projection, propagate)
+from modgap.adapt.graph import (
+    conjugate_gradient,
+    knn_affinity,
+    label_propagation,
+    normalized_adjacency,
+    projection,
+    propagate,
+)
 from modgap.adapt.reclip import ReCLIP, run_reclip, text_norm_parameters, visual_norm_parameters
 
 

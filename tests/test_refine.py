@@ -4,8 +4,8 @@ saving and loading, logging and the parameter checks."""
 import copy
 
 import numpy as np
-import pandas as pd
 import open_clip
+import pandas as pd
 import pytest
 import torch
 

@@ -399,7 +399,7 @@ class ReCLIP:
                          progress=False)
 
     # -- fit -------------------------------------------------------------
-    def fit(self, images, labels=None) -> "ReCLIP":
+    def fit(self, images, labels=None) -> ReCLIP:
         """Adapt to ``images`` (no labels needed).
 
         Parameters
@@ -687,7 +687,7 @@ class ReCLIP:
         return path
 
     @classmethod
-    def load(cls, path, clip) -> "ReCLIP":
+    def load(cls, path, clip) -> ReCLIP:
         """A fitted ReCLIP from a folder :meth:`save` wrote.
 
         ``clip`` must be the same architecture the folder was fitted from (its

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -368,7 +368,7 @@ class CLIPRefine:
         return pairs.subset(np.sort(perm[k:])), pairs.subset(np.sort(perm[:k]))
 
     # -- fitting -----------------------------------------------------------
-    def fit(self, pairs, eval_pairs=None, callback: Callable | None = None) -> "CLIPRefine":
+    def fit(self, pairs, eval_pairs=None, callback: Callable | None = None) -> CLIPRefine:
         """Refine a copy of the model on image-caption ``pairs``.
 
         Every epoch visits the pairs in a new random order, drawing one of

@@ -65,8 +65,8 @@ def _lr_at(step, total, base, warmup):
 
 def evaluate(model, tokenizer, n: int = 1000) -> dict:
     """Held-out zero-shot accuracy per task and the image-caption gap."""
-    from ..models import Clip
     from ..metrics import centroid_distance, zero_shot_accuracy
+    from ..models import Clip
 
     clip = Clip(model, tokenizer=tokenizer, name="training")
     out = {}
