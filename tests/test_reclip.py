@@ -181,7 +181,7 @@ def test_label_propagation_follows_clusters_where_zero_shot_fails():
 
 
 def test_label_propagation_matches_a_dense_implementation():
-    images, classes, labels = clusters(c=5, per=40, dim=20, spread=0.6, seed=7)
+    images, classes, _ = clusters(c=5, per=40, dim=20, spread=0.6, seed=7)
     pred, scores = label_propagation(images, classes, k=10, return_scores=True)
     ref = dense_label_scores(images, classes, k=10, alpha=0.99)
     np.testing.assert_allclose(scores.numpy(), ref, rtol=1e-3, atol=1e-5)
