@@ -173,7 +173,11 @@ def knn_affinity(x: torch.Tensor, k: int = 20, chunk_size: int | None = None, pr
     dst = best_idx.reshape(-1)
     half = best_val.reshape(-1) * 0.5
     index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-    w = torch.sparse_coo_tensor(index, torch.cat([half, half]), (n, n), check_invariants=False)
+    with warnings.catch_warnings():
+        # torch 2.11 warns once that the checks are off, though they are switched off on purpose here:
+        # the indices are built in range and checking them costs a pass over the graph
+        warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks.*")
+        w = torch.sparse_coo_tensor(index, torch.cat([half, half]), (n, n), check_invariants=False)
     return w.coalesce()
 
 
