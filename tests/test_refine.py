@@ -191,9 +191,11 @@ def test_defaults_follow_model_size(tiny):
     big = torch.nn.Linear(6000, 6000, device="meta")   # 36M parameters, no memory
     # the reference recipe for large models
     assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0,
-                                            "lambda_rafa": 1.0, "warmup": 0, "schedule": "constant"}
+                                            "temperature_factor": 1.0, "lambda_rafa": 1.0, "warmup": 0,
+                                            "schedule": "constant"}
     assert small_hp.keys() == default_hyperparameters(big).keys()
     assert small_hp["lr"] > 1e-4 and small_hp["temperature"] == "auto" and small_hp["schedule"] == "cosine"
+    assert small_hp["temperature_factor"] > 1
 
 
 def test_lambda_rafa_none_takes_the_model_size_default(tiny, pairs):
@@ -214,6 +216,10 @@ def test_auto_temperature_is_the_norm_product_over_the_logit_scale(tiny, pairs):
     assert est.temperature_ == pytest.approx(expected, rel=1e-4)
     assert auto_temperature(tiny, pairs) == pytest.approx(expected, rel=1e-4)
     assert small(tiny, method="hycd", temperature=2.5).fit(pairs).temperature_ == 2.5
+    # left as None on a small model: the size default's multiple of the automatic temperature
+    factor = default_hyperparameters(tiny.model)["temperature_factor"]
+    default = small(tiny, method="hycd", holdout=0).fit(pairs, eval_pairs=held)
+    assert default.temperature_ == pytest.approx(factor * expected, rel=1e-4)
 
 
 def test_warmup_ramps_the_learning_rate_then_holds_it(tiny, pairs):
