@@ -7,7 +7,6 @@ the pieces they are made of.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,19 +144,9 @@ def autocast_for(device: torch.device):
 def read_images_skipping(paths: list[Path]):
     """Decode files; returns the PIL images and the indices of those that
     could not be read (named together in one warning)."""
-    from .data.files import read_image
+    from .data.files import read_images, warn_unreadable
 
-    good, bad = [], []
-    for i, p in enumerate(paths):
-        try:
-            good.append(read_image(p))
-        except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
-            bad.append(i)
-    if bad:
-        names = ", ".join(str(paths[i]) for i in bad[:10])
-        warnings.warn(
-            f"skipped {len(bad)} of {len(paths)} images that could not be read ({names}); "
-            "their rows are left out of the result",
-            stacklevel=4,
-        )
+    good, bad = read_images(paths)
+    warn_unreadable([paths[i] for i in bad], len(paths), "Clip.encode_images",
+                    "; their rows are left out of the result", stacklevel=3)
     return good, bad

@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse.linalg as sla
 import torch
 import torch.nn.functional as F
+from conftest import write_corrupt
 
 from modgap import data
 from modgap.adapt.graph import (
@@ -319,10 +320,10 @@ def test_training_uses_only_images_where_the_branches_agree(clip, target, monkey
 
     real_pixels = est._pixels
 
-    def spy(kind, items, idx):
+    def spy(kind, items, idx, *rest):
         if torch.is_grad_enabled():  # the evaluation passes run without gradients
             trained[-1].extend(int(i) for i in idx)
-        return real_pixels(kind, items, idx)
+        return real_pixels(kind, items, idx, *rest)
 
     monkeypatch.setattr(est, "_propagate", forced)
     monkeypatch.setattr(est, "_pixels", spy)
@@ -445,3 +446,48 @@ def test_fit_resolves_unset_schedule(clip, target):
     est.fit(target)
     assert (est.epochs_, est.lr_visual_, est.lr_text_) == (1, expected["lr_visual"], expected["lr_text"])
     assert est.get_params()["lr_visual"] is None
+
+
+def write_images(ds, folder, bad=()):
+    """``ds``'s images as PNG files, those at positions ``bad`` corrupt."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, a in enumerate(ds.images):
+        p = folder / f"{i:03d}.png"
+        if i in bad:
+            write_corrupt(p)
+        else:
+            Image.fromarray(a).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_unreadable_files_are_left_out_of_fit_and_predict_with_one_warning(clip, target, tmp_path):
+    paths = write_images(target, tmp_path / "imgs", bad=(7, 30))
+    with pytest.warns(UserWarning, match="ReCLIP.fit: skipped 2 of 48") as rec:
+        est = make(clip, target).fit(paths, labels=target.labels)
+    msgs = [str(w.message) for w in rec if "skipped" in str(w.message)]
+    assert len(msgs) == 1 and str(paths[7]) in msgs[0] and str(paths[30]) in msgs[0]
+    assert est.skipped_.tolist() == [7, 30]
+    good = [p for i, p in enumerate(paths) if i not in (7, 30)]
+    good_labels = np.delete(target.labels, [7, 30])
+    clean = make(clip, target).fit(good, labels=good_labels)
+    assert clean.skipped_.size == 0
+    # the same fit as on the readable files alone: rows and labels stay aligned
+    assert est.history_.equals(clean.history_)
+    assert np.array_equal(est.labels_, clean.labels_) and len(est.labels_) == 46
+    with pytest.warns(UserWarning, match="ReCLIP.predict: skipped 2 of 48"):
+        logits = est.predict_logits(paths)
+    np.testing.assert_array_equal(logits, clean.predict_logits(good))
+    with pytest.warns(UserWarning, match="ReCLIP.score: skipped 2"):
+        assert est.score(paths, target.labels) == clean.score(good, good_labels)
+    with pytest.warns(UserWarning, match="ReCLIP.encode_images: skipped 2"):
+        assert est.encode_images(paths).shape == (46, clip.embed_dim)
+
+
+def test_fit_on_files_none_of_which_decode_says_so(clip, target, tmp_path):
+    paths = write_images(target, tmp_path / "bad", bad=range(len(target.labels)))
+    with pytest.raises(ValueError, match="none of the 48 image files could be read"):
+        make(clip, target).fit(paths)

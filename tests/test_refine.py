@@ -8,6 +8,8 @@ import open_clip
 import pandas as pd
 import pytest
 import torch
+from conftest import write_corrupt
+from PIL import Image
 
 import modgap
 from modgap import data, zoo
@@ -279,3 +281,24 @@ def test_refine_entry_writes_weights_and_history_once(tiny, pairs, tmp_path):
     assert len(pd.read_csv(tmp_path / "r.history.csv")) == len(est.history_)
     with pytest.raises(FileExistsError, match="r.safetensors"):
         refine(tiny, pairs, method="rafa", out=out, epochs=1, batch_size=16, holdout=8, progress=False)
+
+
+def test_pairs_whose_image_cannot_be_read_are_left_out_with_one_warning(tiny, pairs, tmp_path):
+    paths = []
+    for i, a in enumerate(pairs.images):
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    write_corrupt(paths[5])
+    files = data.PairSet(paths, pairs.captions, name="files")
+    # eval_pairs keeps the corrupt file in the training set, where every batch draws it once
+    with pytest.warns(UserWarning, match="CLIPRefine.fit: skipped 1 of 56") as rec:
+        est = small(tiny, method="clip-refine", batch_size=8).fit(files, eval_pairs=pairs.subset(np.arange(8)))
+    msgs = [str(w.message) for w in rec if "could not be read" in str(w.message)]
+    assert len(msgs) == 1 and str(paths[5]) in msgs[0]
+    assert est.skipped_files_ == [paths[5]]
+    assert est.n_steps_ == 56 // 8 and np.isfinite(est.history_["loss"].iloc[1:]).all()
+    # held out, the corrupt pair is left out of the gap measurement instead
+    with pytest.warns(UserWarning, match=r"held-out pairs\): skipped 1 of 8"):
+        held = small(tiny, method="contrastive").fit(pairs, eval_pairs=files.subset(np.arange(8)))
+    assert held.skipped_files_ == [paths[5]] and np.isfinite(held.history_["centroid_distance"]).all()

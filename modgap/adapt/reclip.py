@@ -201,6 +201,11 @@ class ReCLIP:
         ReCLIP-V's image embeddings after training.
     initial_image_embeddings_ : ndarray ``[N, D]``
         The frozen model's image embeddings (ReCLIP-T's, and the starting point).
+    skipped_ : int ndarray
+        Positions, in the images given to ``fit``, of files that could not
+        be decoded (empty when every image was read). They are left out of
+        the fit, with one warning, and every per-image attribute above has
+        one row per image that was read, in order.
     history_ : pandas.DataFrame
         One row per evaluation: ``epoch`` 0 is the starting point, row ``e``
         the state after ``e`` training passes. Columns: ``agreement`` (share
@@ -358,34 +363,68 @@ class ReCLIP:
             return autocast_for(self.device)
         return contextlib.nullcontext()
 
-    def _pixels(self, kind, items, idx) -> torch.Tensor:
-        """The preprocessed images at positions ``idx``, on the device."""
+    def _pixels(self, kind, items, idx, unreadable=None) -> torch.Tensor | None:
+        """The preprocessed images at positions ``idx``, on the device.
+
+        With a list ``unreadable``, files that cannot be decoded are left out
+        of the batch and their positions appended to it (``None`` if none of
+        the batch decodes); without one, such a file raises.
+        """
         idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
         if kind == "uint8":
             sub = items[np.asarray(idx, dtype=np.int64)]
         elif kind == "tensor":
             return items[torch.as_tensor(idx, dtype=torch.long, device=items.device)].to(self.device).float()
         elif kind == "paths":
-            from ..data.files import read_image
+            from ..data.files import read_image, read_images
 
-            sub, kind = [read_image(items[i]) for i in idx], "pil"
+            if unreadable is None:
+                sub = [read_image(items[i]) for i in idx]
+            else:
+                sub, bad = read_images([items[i] for i in idx])
+                unreadable.extend(idx[b] for b in bad)
+                if not sub:
+                    return None
+            kind = "pil"
         else:
             sub = [items[i] for i in idx]
-        return next(iter(self.clip._image_batches(kind, sub, len(idx))))
+        return next(iter(self.clip._image_batches(kind, sub, len(sub))))
 
     @torch.no_grad()
-    def _features(self, model, kind, items, desc, show) -> torch.Tensor:
+    def _features(self, model, kind, items, desc, show, unreadable=None) -> torch.Tensor:
+        """Normalised image features ``[N, D]`` (rows of unreadable files left
+        out when a list ``unreadable`` collects their positions)."""
         from tqdm.auto import tqdm
 
         model.eval()
         n = len(items)
         out = []
         for s in tqdm(range(0, n, self.eval_batch_size), desc=desc, disable=not show, leave=False):
-            x = self._pixels(kind, items, range(s, min(n, s + self.eval_batch_size)))
+            x = self._pixels(kind, items, range(s, min(n, s + self.eval_batch_size)), unreadable)
+            if x is None:
+                continue
             with self._autocast():
                 f = model.encode_image(x)
             out.append(f.float())
+        if not out:
+            return torch.empty(0, self.clip.embed_dim, device=self.device)
         return F.normalize(torch.cat(out), dim=-1)
+
+    @staticmethod
+    def _drop_unreadable(items, unreadable, where, stacklevel=3) -> tuple[list, np.ndarray]:
+        """``items`` without the positions in ``unreadable`` (one warning names
+        those files), and those positions, sorted."""
+        from ..data.files import warn_unreadable
+
+        bad = np.asarray(sorted(unreadable or ()), dtype=np.int64)
+        if not len(bad):
+            return items, bad
+        if len(bad) == len(items):
+            raise ValueError(f"{where}: none of the {len(items)} image files could be read")
+        warn_unreadable([items[i] for i in bad], len(items), where, "; their rows are left out",
+                        stacklevel=stacklevel)
+        keep = np.setdiff1d(np.arange(len(items)), bad)
+        return [items[i] for i in keep], bad
 
     def _encode_prompts(self, model, tokens, n_classes, n_templates) -> torch.Tensor:
         with self._autocast():
@@ -407,6 +446,9 @@ class ReCLIP:
         images : anything :meth:`modgap.Clip.encode_images` takes
             An ImageSet, a uint8 array ``[N, H, W, 3]``, a preprocessed float
             tensor ``[N, 3, H, W]``, a list of PIL images or of file paths.
+            Files that cannot be decoded are found in the first pass and
+            left out of the fit, with one warning; ``skipped_`` gives
+            their positions.
         labels : int array ``[N]``, optional
             Only recorded: the accuracies in ``history_``. Nothing is chosen
             with them. (An ImageSet's own labels are not read; pass
@@ -419,21 +461,37 @@ class ReCLIP:
 
         self._check_params()
         kind, items = image_inputs(images)
-        n = len(items)
-        y = self._check_labels(labels, n)
+        y = self._check_labels(labels, len(items))
         c = len(self.classnames)
-        if self.k >= n + c:
-            raise ValueError(f"k={self.k} must be smaller than the number of graph nodes "
-                             f"(images + classes = {n + c}); pass fewer neighbours or more images")
+        self._check_graph_size(len(items), c)
+        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        device = self.device
+        base = self.clip.model
+        tok_all = self.clip.tokenize([t.format(cn) for cn in self.classnames for t in self.templates]).to(device)
+        tok_first = self.clip.tokenize([self.templates[0].format(cn) for cn in self.classnames]).to(device)
+        n_t = len(self.templates)
+        # the frozen features are the first pass over the images: files that cannot be
+        # decoded are found there and left out of the whole fit
+        unreadable = [] if kind == "paths" else None
+        was_training = base.training
+        try:
+            with torch.no_grad():
+                text0 = self._encode_prompts(base.eval(), tok_all, c, n_t)
+            f0 = self._features(base, kind, items, "frozen features", show, unreadable)
+        finally:
+            base.train(was_training)
+        items, skipped = self._drop_unreadable(items, unreadable, "ReCLIP.fit")
+        if y is not None and len(skipped):
+            y = np.delete(y, skipped)
+        n = len(items)
+        self._check_graph_size(n, c)
+
         schedule = default_schedule(self.clip.embed_dim, n)
         epochs = schedule["epochs"] if self.epochs is None else int(self.epochs)
         lr_visual = schedule["lr_visual"] if self.lr_visual is None else float(self.lr_visual)
         lr_text = schedule["lr_text"] if self.lr_text is None else float(self.lr_text)
-        show = (n >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
-        device = self.device
         scale = float(self.logit_scale)
 
-        base = self.clip.model
         v_model = copy.deepcopy(base).to(device).eval()
         t_model = copy.deepcopy(base).to(device).eval()
         v_params = visual_norm_parameters(v_model)
@@ -450,17 +508,6 @@ class ReCLIP:
                                 weight_decay=float(self.weight_decay))
         fp16 = (self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
         scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
-
-        tok_all = self.clip.tokenize([t.format(cn) for cn in self.classnames for t in self.templates]).to(device)
-        tok_first = self.clip.tokenize([self.templates[0].format(cn) for cn in self.classnames]).to(device)
-        n_t = len(self.templates)
-        was_training = base.training
-        try:
-            with torch.no_grad():
-                text0 = self._encode_prompts(base.eval(), tok_all, c, n_t)
-            f0 = self._features(base, kind, items, "frozen features", show)
-        finally:
-            base.train(was_training)
 
         gen = torch.Generator().manual_seed(int(self.seed))
         self.history_ = None
@@ -513,7 +560,13 @@ class ReCLIP:
         self.labels_ = (0.5 * (logits_v + logits_t)).argmax(1).cpu().numpy()
         self.image_embeddings_ = fv.cpu().numpy()
         self.initial_image_embeddings_ = f0.cpu().numpy()
+        self.skipped_ = skipped
         return self
+
+    def _check_graph_size(self, n, c):
+        if self.k >= n + c:
+            raise ValueError(f"k={self.k} must be smaller than the number of graph nodes "
+                             f"(images + classes = {n + c}); pass fewer neighbours or more images")
 
     def _row(self, epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all, gap, train_stats):
         nan = float("nan")
@@ -594,44 +647,64 @@ class ReCLIP:
 
     def predict_logits(self, images, branch: str = "both") -> np.ndarray:
         """Logits ``[N, C]``: ``0.5 * (logits_T + logits_V)`` for
-        ``branch="both"``, or one branch's (``"visual"``, ``"text"``)."""
+        ``branch="both"``, or one branch's (``"visual"``, ``"text"``).
+
+        As in :meth:`modgap.Clip.encode_images`, the rows of image files
+        that cannot be read are left out, with one warning naming them.
+        """
         self._check_fitted()
         if branch not in ("both", "visual", "text"):
             raise ValueError(f"branch must be 'both', 'visual' or 'text', got {branch!r}")
         kind, items = image_inputs(images)
+        return self._logits(kind, items, branch, "ReCLIP.predict")[0]
+
+    def _logits(self, kind, items, branch, where) -> tuple[np.ndarray, np.ndarray]:
+        """The logits of the readable images, and the positions of the others."""
         show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
         scale = float(self.logit_scale)
-        out = 0.0
+        heads = []
         if branch in ("both", "visual"):
-            fv = self._features(self.visual_model_, kind, items, "ReCLIP-V features", show)
-            out = out + scale * fv @ torch.as_tensor(self.centroids_, device=fv.device).T
+            heads.append((self.visual_model_, self.centroids_, "ReCLIP-V features"))
         if branch in ("both", "text"):
-            f0 = self._features(self.text_model_, kind, items, "ReCLIP-T features", show)
-            out = out + scale * f0 @ torch.as_tensor(self.text_classifier_, device=f0.device).T
+            heads.append((self.text_model_, self.text_classifier_, "ReCLIP-T features"))
+        out, skipped = 0.0, np.empty(0, dtype=np.int64)
+        for i, (model, classifier, desc) in enumerate(heads):
+            unreadable = [] if (kind == "paths" and i == 0) else None
+            f = self._features(model, kind, items, desc, show, unreadable)
+            if i == 0:
+                items, skipped = self._drop_unreadable(items, unreadable, where, stacklevel=4)
+            out = out + scale * f @ torch.as_tensor(classifier, device=f.device).T
         if branch == "both":
             out = 0.5 * out
-        return out.cpu().numpy()
+        return out.cpu().numpy(), skipped
 
     def predict(self, images) -> np.ndarray:
         """Class indices ``[N]`` from :meth:`predict_logits`."""
         return self.predict_logits(images).argmax(1)
 
     def score(self, images, labels) -> float:
-        """Top-1 accuracy of :meth:`predict` against ``labels``."""
-        pred = self.predict(images)
-        y = self._check_labels(labels, len(pred))
-        return float((pred == y).mean())
+        """Top-1 accuracy of :meth:`predict` against ``labels`` (images that
+        cannot be read are left out, with their labels)."""
+        self._check_fitted()
+        kind, items = image_inputs(images)
+        y = self._check_labels(labels, len(items))
+        logits, skipped = self._logits(kind, items, "both", "ReCLIP.score")
+        return float((logits.argmax(1) == np.delete(y, skipped)).mean())
 
     def encode_images(self, images, branch: str = "visual") -> np.ndarray:
         """Normalised image embeddings from ReCLIP-V (``"visual"``) or the
-        frozen encoder ReCLIP-T uses (``"text"``), ``[N, D]``."""
+        frozen encoder ReCLIP-T uses (``"text"``), ``[N, D]``; the rows of
+        files that cannot be read are left out, with one warning."""
         self._check_fitted()
         if branch not in ("visual", "text"):
             raise ValueError(f"branch must be 'visual' or 'text', got {branch!r}")
         kind, items = image_inputs(images)
         show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
         model = self.visual_model_ if branch == "visual" else self.text_model_
-        return self._features(model, kind, items, "features", show).cpu().numpy()
+        unreadable = [] if kind == "paths" else None
+        f = self._features(model, kind, items, "features", show, unreadable)
+        self._drop_unreadable(items, unreadable, "ReCLIP.encode_images")
+        return f.cpu().numpy()
 
     def as_clip(self, branch: str = "visual"):
         """One trained branch as a :class:`modgap.Clip`, for the rest of modgap

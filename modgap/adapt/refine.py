@@ -280,6 +280,11 @@ class CLIPRefine:
         Optimiser steps the schedule is laid out over.
     n_steps_ : int
         Optimiser steps taken.
+    skipped_files_ : list of Path
+        Image files of ``pairs`` (or ``eval_pairs``) that could not be
+        decoded. Training leaves such a pair out of its batch each time it is
+        drawn (a batch that keeps fewer than two pairs is not trained on),
+        the held-out measurement leaves it out, and one warning names them.
     """
 
     def __init__(self, clip, method: str = "clip-refine", epochs: int | None = None,
@@ -403,12 +408,16 @@ class CLIPRefine:
         """
         from tqdm.auto import tqdm
 
+        from ..data.files import warn_unreadable
         from ..models import Clip, pick_device
 
         self._validate()
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         train, held = self._split(pairs, eval_pairs)
+        held_unread, unread = [], []
+        if held is not None:
+            held, held_unread = _readable_pairs(held, "CLIPRefine.fit (held-out pairs)")
         clip = self.clip
         device = clip.device if self.device is None else pick_device(self.device)
         hp = default_hyperparameters(clip.model)
@@ -444,7 +453,12 @@ class CLIPRefine:
         temperature = self.temperature if self.temperature is not None else hp["temperature"]
         factor = hp["temperature_factor"] if self.temperature is None else 1.0
         if temperature == "auto":
-            temperature = factor * auto_temperature(clip, train) if "hycd" in self.terms_ else 1.0
+            temperature = 1.0
+            if "hycd" in self.terms_:
+                # unreadable files are named once, with the training pass's
+                probe, bad = _readable_pairs(train.subset(np.arange(min(256, n))), None)
+                unread += bad
+                temperature = factor * auto_temperature(clip, probe)
         self.temperature_ = float(temperature)
         objective = RefineObjective(student, self.terms_, teacher=teacher, alpha=alpha,
                                     temperature=self.temperature_, rafa_normalize=self.rafa_normalize)
@@ -471,7 +485,13 @@ class CLIPRefine:
                     for b in range(per_epoch):
                         idx = order[b * bs:(b + 1) * bs]
                         captions = train.sample_captions(idx, rng)
-                        pixels = _batch_pixels(clip, kind, items, idx).to(device)
+                        pixels, kept = _batch_pixels(clip, kind, items, idx, unread)
+                        if len(kept) < len(idx):
+                            captions = [captions[j] for j in kept]
+                            if len(kept) < 2:
+                                bar.update(1)
+                                continue
+                        pixels = pixels.to(device)
                         tokens = clip.tokenize(captions).to(device)
                         lr = self._lr_at(step)
                         for group in opt.param_groups:
@@ -510,6 +530,10 @@ class CLIPRefine:
         student.eval()
         student.requires_grad_(False)
         self.n_steps_ = step
+        unread = list(dict.fromkeys(unread))
+        warn_unreadable(unread, len(train), "CLIPRefine.fit",
+                        "; their pairs were left out of every batch that drew them", stacklevel=2)
+        self.skipped_files_ = held_unread + unread
         self.history_ = pd.DataFrame(rows)
         return self
 
@@ -593,7 +617,7 @@ def auto_temperature(clip, pairs, n: int = 256) -> float:
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    sub = pairs.subset(np.arange(min(n, len(pairs))))
+    sub, _ = _readable_pairs(pairs.subset(np.arange(min(n, len(pairs)))), "auto_temperature")
     img = clip.encode_images(sub, normalize=False, progress=False)
     txt = clip.encode_texts(sub.first_captions(), normalize=False, progress=False)
     return float((img.norm(dim=-1) * txt.norm(dim=-1)).mean() / clip.logit_scale)
@@ -605,19 +629,45 @@ def _pixel_source(pairs):
     return image_inputs(pairs)
 
 
-def _batch_pixels(clip, kind: str, items, idx) -> torch.Tensor:
-    """The preprocessed pixels of the images at ``idx``, on the clip's device."""
+def _batch_pixels(clip, kind: str, items, idx, unreadable: list) -> tuple[torch.Tensor | None, list[int]]:
+    """The preprocessed pixels of the images at ``idx``, on the clip's
+    device, and the positions in ``idx`` they come from: files that cannot
+    be decoded are left out and appended to ``unreadable`` (pixels are
+    ``None`` when none is left)."""
+    kept = list(range(len(idx)))
     if kind == "uint8":
         sub = items[idx]
     elif kind == "tensor":
         sub = items[torch.as_tensor(idx)]
     elif kind == "paths":
-        from ..data.files import read_image
+        from ..data.files import read_images
 
-        sub, kind = [read_image(items[i]) for i in idx], "pil"
+        sub, bad = read_images([items[i] for i in idx])
+        if bad:
+            unreadable.extend(items[idx[j]] for j in bad)
+            kept = sorted(set(kept) - set(bad))
+        if not sub:
+            return None, kept
+        kind = "pil"
     else:
         sub = [items[i] for i in idx]
-    return next(iter(clip._image_batches(kind, sub, len(sub))))
+    return next(iter(clip._image_batches(kind, sub, len(sub)))), kept
+
+
+def _readable_pairs(pairs, where: str | None):
+    """``pairs`` without the pairs whose image file cannot be decoded (one
+    warning, said of ``where``, names them; none if ``where`` is ``None``),
+    and those files."""
+    from ..data.files import readable_paths
+
+    if isinstance(pairs.images, np.ndarray):
+        return pairs, []
+    good, bad = readable_paths(pairs.images, where)
+    if not bad:
+        return pairs, []
+    if not good:
+        raise ValueError(f"{where or 'pairs'}: none of the {len(pairs)} image files could be read")
+    return pairs.subset(np.setdiff1d(np.arange(len(pairs)), bad)), [pairs.images[i] for i in bad]
 
 
 def _gap(probe, held) -> float:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .containers import DEFAULT_TEMPLATES, ImageSet, PairSet
 
-__all__ = ["IMAGE_EXTENSIONS", "from_captions", "from_coco", "from_folder", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "from_captions", "from_coco", "from_folder", "read_image", "read_images",
+           "readable_paths", "warn_unreadable"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -29,23 +30,44 @@ def read_image(path):
         return im.convert("RGB")
 
 
-def _readable(paths: list[Path], where: str) -> tuple[list[Path], list[int]]:
-    """The paths that decode, and the indices of those that do not; one
-    warning names the bad ones."""
-    good, bad = [], []
+def read_images(paths) -> tuple[list, list[int]]:
+    """Decode files: the RGB PIL images of those that decode, in order, and
+    the positions in ``paths`` of those that do not (no warning; see
+    :func:`warn_unreadable`)."""
+    images, bad = [], []
     for i, p in enumerate(paths):
         try:
-            read_image(p)
-            good.append(p)
+            images.append(read_image(p))
         except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
             bad.append(i)
-    if bad:
-        names = ", ".join(str(paths[i]) for i in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        warnings.warn(
-            f"{where}: skipped {len(bad)} of {len(paths)} images that could not be read: {names}{more}",
-            stacklevel=3,
-        )
+    return images, bad
+
+
+def warn_unreadable(bad_paths, total: int, where: str, note: str = "", stacklevel: int = 3) -> None:
+    """One warning that counts and names (the first ten of) ``bad_paths``,
+    said of ``where`` and followed by ``note``; ``stacklevel`` counts from
+    the caller of this function."""
+    if not bad_paths:
+        return
+    names = ", ".join(str(p) for p in bad_paths[:10])
+    more = f" and {len(bad_paths) - 10} more" if len(bad_paths) > 10 else ""
+    warnings.warn(f"{where}: skipped {len(bad_paths)} of {total} images that could not be read: "
+                  f"{names}{more}{note}", stacklevel=stacklevel + 1)
+
+
+def readable_paths(paths, where: str | None) -> tuple[list[Path], list[int]]:
+    """The paths that decode, and the positions of those that do not; one
+    warning, said of ``where``, names the bad ones (none if ``where`` is
+    ``None``). Each image is decoded and dropped at once, so memory stays
+    flat however many files there are."""
+    good, bad = [], []
+    for i, p in enumerate(paths):
+        if read_images([p])[1]:
+            bad.append(i)
+        else:
+            good.append(p)
+    if where is not None:
+        warn_unreadable([paths[i] for i in bad], len(paths), where, stacklevel=3)
     return good, bad
 
 
@@ -82,7 +104,7 @@ def from_folder(root, templates=DEFAULT_TEMPLATES, name: str | None = None,
                 labels.append(classnames.index(d.name))
     if not paths:
         raise ValueError(f"from_folder: no image files ({', '.join(extensions)}) under {root}")
-    good, bad = _readable(paths, f"from_folder({root})")
+    good, bad = readable_paths(paths, f"from_folder({root})")
     labels = np.delete(np.asarray(labels, dtype=np.int64), bad)
     return ImageSet(good, labels, classnames, templates, name=name or root.name, source=str(root))
 
@@ -109,7 +131,7 @@ def _pairs_from_rows(rows, file: Path, image_root, name):
             f"image paths are read relative to {base} (pass image_root= to change that)"
         )
     paths = list(order)
-    good, bad = _readable(paths, str(file))
+    good, bad = readable_paths(paths, str(file))
     bad = set(bad)
     caps = [order[p] for i, p in enumerate(paths) if i not in bad]
     return PairSet(good, caps, name=name or file.stem, source=str(file))
