@@ -298,6 +298,7 @@ def test_pairs_whose_image_cannot_be_read_are_left_out_with_one_warning(tiny, pa
     assert len(msgs) == 1 and str(paths[5]) in msgs[0]
     assert est.skipped_files_ == [paths[5]]
     assert est.n_steps_ == 56 // 8 and np.isfinite(est.history_["loss"].iloc[1:]).all()
+    assert est.history_["pairs_seen"].iloc[-1] == 55  # every pair drawn once, the unreadable one left out
     # held out, the corrupt pair is left out of the gap measurement instead
     with pytest.warns(UserWarning, match=r"held-out pairs\): skipped 1 of 8"):
         held = small(tiny, method="contrastive").fit(pairs, eval_pairs=files.subset(np.arange(8)))

@@ -477,7 +477,7 @@ class CLIPRefine:
             gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
             rng = np.random.default_rng(int(self.seed))
             rows.append(self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
-            step, stop = 0, False
+            step, seen, stop = 0, 0, False
             bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step", disable=not self.progress)
             try:
                 for epoch in range(self.epochs_):
@@ -505,13 +505,14 @@ class CLIPRefine:
                             with torch.no_grad():
                                 student.logit_scale.clamp_(0, math.log(100))
                         step += 1
+                        seen += len(captions)
                         values = {k: float(v.detach()) for k, v in terms.items()}
                         window.append(values)
                         record = {"step": step, "epoch": epoch, "lr": lr, **values}
                         if step % log_every == 0 or step == total:
                             gap = _gap(probe, held)
                             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                            rows.append(self._row(step, epoch, step * bs, mean, gap, t0, student, lr))
+                            rows.append(self._row(step, epoch, seen, mean, gap, t0, student, lr))
                             record["centroid_distance"] = gap
                             window = []
                             bar.set_postfix(loss=f"{values['loss']:.3f}", gap=f"{gap:.3f}")
@@ -525,7 +526,7 @@ class CLIPRefine:
                 bar.close()
             if window:
                 mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rows.append(self._row(step, epoch, step * bs, mean, _gap(probe, held), t0, student, lr))
+                rows.append(self._row(step, epoch, seen, mean, _gap(probe, held), t0, student, lr))
 
         student.eval()
         student.requires_grad_(False)
