@@ -458,7 +458,7 @@ class CLIPRefine:
                 # unreadable files are named once, with the training pass's
                 probe, bad = _readable_pairs(train.subset(np.arange(min(256, n))), None)
                 unread += bad
-                temperature = factor * auto_temperature(clip, probe)
+                temperature = factor * _norm_product_temperature(clip, probe)
         self.temperature_ = float(temperature)
         objective = RefineObjective(student, self.terms_, teacher=teacher, alpha=alpha,
                                     temperature=self.temperature_, rafa_normalize=self.rafa_normalize)
@@ -619,8 +619,13 @@ def auto_temperature(clip, pairs, n: int = 256) -> float:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     sub, _ = _readable_pairs(pairs.subset(np.arange(min(n, len(pairs)))), "auto_temperature")
-    img = clip.encode_images(sub, normalize=False, progress=False)
-    txt = clip.encode_texts(sub.first_captions(), normalize=False, progress=False)
+    return _norm_product_temperature(clip, sub)
+
+
+def _norm_product_temperature(clip, pairs) -> float:
+    """:func:`auto_temperature` over all of ``pairs``, whose images are known to decode."""
+    img = clip.encode_images(pairs, normalize=False, progress=False)
+    txt = clip.encode_texts(pairs.first_captions(), normalize=False, progress=False)
     return float((img.norm(dim=-1) * txt.norm(dim=-1)).mean() / clip.logit_scale)
 
 
