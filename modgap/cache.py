@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import atomic_write
 
 __all__ = ["EmbeddingCache", "fingerprint_inputs", "fingerprint_model"]
 
@@ -162,13 +163,8 @@ class EmbeddingCache:
         return emb
 
     def put(self, key: str, emb: np.ndarray) -> Path:
-        p = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
                 np.savez(fh, embeddings=emb, key=np.array(key), checksum=np.array(_h(emb.tobytes())))
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return p
+
+        return atomic_write(self.path(key), write, overwrite=True)

@@ -1,25 +1,47 @@
-"""Images and texts to embeddings: input handling, batching, AMP on GPU,
-progress bars, and the optional on-disk cache (:mod:`modgap.cache`).
+"""The embedding engine: images and texts to embeddings.
 
-The :class:`modgap.Clip` methods are the front door; the functions here are
-the pieces they are made of.
+Every input kind :meth:`modgap.Clip.encode_images` takes (image and pair
+sets, uint8 arrays, preprocessed tensors, PIL images, files) becomes
+preprocessed batches here (:func:`image_inputs`, :func:`pixels_at`,
+:func:`image_batches`); files that cannot be decoded are left out and
+named; the passes without gradients, autocast, progress bars and the
+on-disk cache (:mod:`modgap.cache`) live here too. :class:`modgap.Clip`
+delegates to :func:`encode_images` and :func:`encode_texts`, and the
+adaptation methods use the same pieces with their own copies of the model.
+
+Every function takes the ``clip`` it embeds for (a :class:`modgap.Clip`:
+its ``preprocess``, ``tokenizer``, ``device`` and ``image_size``) and,
+where a method trains a copy, the ``model`` to run.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from .cache import EmbeddingCache, fingerprint_inputs, fingerprint_model
+from .validation import check_int, check_strings
 
 __all__ = [
     "PROGRESS_MIN",
     "autocast_for",
+    "cache_for",
+    "encode_images",
+    "encode_pixels",
+    "encode_texts",
     "fast_path_ok",
+    "image_batches",
+    "image_dtype",
     "image_inputs",
     "normalize_stats",
+    "pixels_at",
     "pixels_to_tensor",
+    "show_progress",
+    "warn_skipped",
 ]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -133,20 +155,198 @@ def image_inputs(images):
     )
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA where supported (else fp16), nothing elsewhere."""
-    if device.type == "cuda":
+def autocast_for(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA where supported (else fp16), nothing elsewhere
+    or when not ``enabled``."""
+    if enabled and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 
-def read_images_skipping(paths: list[Path]):
-    """Decode files; returns the PIL images and the indices of those that
-    could not be read (named together in one warning)."""
-    from .data.files import read_images, warn_unreadable
+def show_progress(progress, n: int) -> bool:
+    """``progress`` as asked; ``None`` means a bar for long runs only."""
+    return (n >= PROGRESS_MIN) if progress is None else bool(progress)
 
-    good, bad = read_images(paths)
-    warn_unreadable([paths[i] for i in bad], len(paths), "Clip.encode_images",
-                    "; their rows are left out of the result", stacklevel=3)
-    return good, bad
+
+def image_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype an image tower takes: bf16 or fp16 where the model was
+    loaded at that precision, else fp32."""
+    visual = getattr(model, "visual", model)
+    dtypes = {p.dtype for p in visual.parameters() if p.is_floating_point()}
+    for low in (torch.bfloat16, torch.float16):
+        if low in dtypes:
+            return low
+    return torch.float32
+
+
+def _preprocess_pil(clip, images, dtype) -> torch.Tensor:
+    return torch.stack([clip.preprocess(im.convert("RGB")) for im in images]).to(clip.device, dtype)
+
+
+def pixels_at(clip, kind: str, items, idx, *, dtype=None) -> tuple[torch.Tensor | None, np.ndarray]:
+    """The preprocessed images at positions ``idx`` of ``items`` (as
+    :func:`image_inputs` sorted them), on ``clip.device``, and the positions
+    in ``idx`` they come from.
+
+    Files that cannot be decoded are left out: the second value then lacks
+    their positions, and the pixels are ``None`` when none of ``idx``
+    decodes. uint8 arrays at the model's input size skip PIL (the same
+    numbers as open_clip's transform, see :func:`fast_path_ok`).
+    """
+    from .data.files import read_images
+
+    idx = np.asarray(idx.tolist() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
+    dtype = image_dtype(clip.model) if dtype is None else dtype
+    kept = np.arange(len(idx))
+    if kind == "tensor":
+        sel = torch.as_tensor(idx, dtype=torch.long, device=items.device)
+        return items[sel].to(clip.device, dtype, non_blocking=True), kept
+    if kind == "uint8":
+        sub = items[idx]
+        if fast_path_ok(clip.preprocess, clip.image_size, sub.shape[1:3]):
+            stats = normalize_stats(clip.preprocess)
+            return pixels_to_tensor(sub, *stats, device=clip.device).to(dtype), kept
+        from PIL import Image
+
+        return _preprocess_pil(clip, [Image.fromarray(a) for a in sub], dtype), kept
+    if kind == "paths":
+        images, bad = read_images([items[i] for i in idx])
+        if bad:
+            kept = np.setdiff1d(kept, bad)
+        if not images:
+            return None, kept
+        return _preprocess_pil(clip, images, dtype), kept
+    return _preprocess_pil(clip, [items[i] for i in idx], dtype), kept
+
+
+def image_batches(clip, kind: str, items, batch_size: int, skipped: list | None = None,
+                  ) -> Iterator[torch.Tensor]:
+    """Preprocessed batches of ``items`` in order; the positions of files
+    that cannot be decoded are appended to ``skipped`` (and their rows left
+    out), or raise when ``skipped`` is ``None``."""
+    dtype = image_dtype(clip.model)
+    for start in range(0, len(items), batch_size):
+        idx = np.arange(start, min(len(items), start + batch_size))
+        pixels, kept = pixels_at(clip, kind, items, idx, dtype=dtype)
+        if len(kept) < len(idx):
+            bad = np.setdiff1d(idx, idx[kept]).tolist()
+            if skipped is None:
+                from .data.files import read_image
+
+                read_image(items[bad[0]])  # raises the decoder's own error
+            skipped.extend(bad)
+        if pixels is not None:
+            yield pixels
+
+
+@torch.no_grad()
+def _run(model, fn, batches, n: int, device, *, progress, desc: str, amp: bool, dim: int) -> torch.Tensor:
+    """Float32 outputs of ``fn`` over ``batches`` with ``model`` in eval mode
+    (its mode is restored afterwards)."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with tqdm(total=n, desc=desc, unit="it", disable=not show_progress(progress, n), leave=False) as bar:
+            for b in batches:
+                with autocast_for(device, amp):
+                    f = fn(b)
+                out.append(f.float())
+                bar.update(len(b))
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dim, device=device)
+
+
+def encode_pixels(clip, kind: str, items, *, model=None, batch_size: int = 256, progress=None,
+                  desc: str = "images", amp: bool = True, skipped: list | None = None) -> torch.Tensor:
+    """Raw (unnormalised) float32 image features ``[N, D]`` of ``items`` by
+    ``model`` (default ``clip.model``) with ``clip``'s preprocessing; rows of
+    files that cannot be decoded are left out and their positions appended
+    to ``skipped``."""
+    model = clip.model if model is None else model
+    batches = image_batches(clip, kind, items, batch_size, skipped)
+    return _run(model, model.encode_image, batches, len(items), clip.device, progress=progress, desc=desc,
+                amp=amp, dim=clip.embed_dim)
+
+
+def warn_skipped(items, skipped, where: str, stacklevel: int = 3) -> np.ndarray:
+    """The sorted positions in ``skipped``; one warning, said of ``where``,
+    names those files, and a ``ValueError`` says so when none was read."""
+    from .data.files import warn_unreadable
+
+    bad = np.asarray(sorted(set(skipped or ())), dtype=np.int64)
+    warn_unreadable([items[i] for i in bad], len(items), where, "; their rows are left out",
+                    stacklevel=stacklevel + 1)
+    if len(bad) and len(bad) == len(items):
+        raise ValueError(f"{where}: none of the {len(items)} image files could be read")
+    return bad
+
+
+_caches: dict[Path, EmbeddingCache] = {}
+
+
+def cache_for(clip, cache_dir=None) -> EmbeddingCache | None:
+    """The on-disk cache in ``cache_dir`` (default ``clip.cache_dir``), or
+    ``None`` when neither names a folder."""
+    d = cache_dir if cache_dir is not None else getattr(clip, "cache_dir", None)
+    if d is None:
+        return None
+    d = Path(d).expanduser()
+    if d not in _caches:
+        _caches[d] = EmbeddingCache(d)
+    return _caches[d]
+
+
+def encode_images(clip, images, batch_size: int = 256, normalize: bool = True, progress=None,
+                  cache_dir=None) -> torch.Tensor:
+    """What :meth:`modgap.Clip.encode_images` does (see there)."""
+    check_int(batch_size, "batch_size")
+    kind, items = image_inputs(images)
+    cache = cache_for(clip, cache_dir)
+    key = None
+    if cache is not None:
+        key = cache.key("images", fingerprint_model(clip.model), fingerprint_inputs(kind, items),
+                        repr(clip.preprocess), normalize, clip.device.type)
+        hit = cache.get(key)
+        if hit is not None:
+            return torch.from_numpy(hit).to(clip.device)
+    skipped = [] if kind == "paths" else None
+    emb = encode_pixels(clip, kind, items, batch_size=batch_size, progress=progress, skipped=skipped)
+    warn_skipped(items, skipped, "Clip.encode_images", stacklevel=3)
+    if normalize:
+        emb = F.normalize(emb, dim=-1)
+    if cache is not None:
+        cache.put(key, emb.cpu().numpy())
+    return emb
+
+
+def encode_texts(clip, texts, batch_size: int = 256, normalize: bool = True, progress=None,
+                 cache_dir=None, *, model=None) -> torch.Tensor:
+    """What :meth:`modgap.Clip.encode_texts` does (see there); ``model``
+    (default ``clip.model``) runs the text tower, uncached when given."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = check_strings(texts, "texts")
+    check_int(batch_size, "batch_size")
+    cache = cache_for(clip, cache_dir) if model is None else None
+    model = clip.model if model is None else model
+    key = None
+    if cache is not None:
+        key = cache.key("texts", fingerprint_model(model), fingerprint_inputs("texts", texts),
+                        repr(clip.tokenizer.__class__), getattr(clip.tokenizer, "context_length", ""),
+                        normalize, clip.device.type)
+        hit = cache.get(key)
+        if hit is not None:
+            return torch.from_numpy(hit).to(clip.device)
+    batches = (clip.tokenize(texts[i:i + batch_size]).to(clip.device) for i in range(0, len(texts), batch_size))
+    emb = _run(model, model.encode_text, batches, len(texts), clip.device, progress=progress, desc="texts",
+               amp=True, dim=clip.embed_dim)
+    if normalize:
+        emb = F.normalize(emb, dim=-1)
+    if cache is not None:
+        cache.put(key, emb.cpu().numpy())
+    return emb

@@ -38,12 +38,24 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .validation import (
+    check_embeddings,
+    check_int_array,
+    check_labels,
+    check_pair,
+    check_random_state,
+    check_same_dim,
+    check_vector,
+    unit_rows,
+)
+
 __all__ = [
     "alignment",
     "check_embeddings",
     "centroid_distance",
     "centroid_mse",
     "effective_rank",
+    "effective_rank_from_spectrum",
     "gap_report",
     "gap_vector",
     "linear_separability",
@@ -63,58 +75,6 @@ _BLOCK = 1 << 22
 
 
 # -- input checks --------------------------------------------------------------
-def _as_matrix(x, name: str, min_rows: int = 1) -> np.ndarray:
-    """``x`` as a finite float64 array ``[N, D]`` with at least ``min_rows`` rows."""
-    if x is None:
-        raise ValueError(f"{name} is None; pass an array of embeddings of shape [N, D]")
-    if isinstance(x, torch.Tensor):
-        arr = x.detach().to("cpu", torch.float64).numpy()
-    else:
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be a numeric array [N, D]: {err}") from None
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array [N, D] of embeddings, got shape {tuple(arr.shape)}"
-            + ("; for a single embedding use x[None, :]" if arr.ndim == 1 else "")
-        )
-    n, d = arr.shape
-    if n == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)}); pass at least one embedding")
-    if d == 0:
-        raise ValueError(f"{name} has zero dimensions (shape {tuple(arr.shape)})")
-    if n < min_rows:
-        raise ValueError(f"{name} has {n} row(s); this figure needs at least {min_rows}")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0, 0])
-        raise ValueError(
-            f"{name} has NaN or infinite entries (first in row {row}); "
-            "drop or re-embed those rows before measuring"
-        )
-    return arr
-
-
-def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    bad = np.flatnonzero(norms[:, 0] == 0)
-    if bad.size:
-        raise ValueError(
-            f"{name} has {bad.size} row(s) of zero norm (first: row {int(bad[0])}), "
-            "which cannot be normalised; drop them"
-        )
-    return x / norms
-
-
-def _same_dim(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name_a} has dimension {a.shape[1]} but {name_b} has dimension {b.shape[1]}; "
-            "both must come from the same model's embedding space"
-        )
-
-
 def _pair_index(n_images: int, n_texts: int, text_to_image, name: str = "text_to_image") -> np.ndarray:
     """For each text, the index of its image; one-to-one when ``text_to_image`` is None."""
     if text_to_image is None:
@@ -124,7 +84,7 @@ def _pair_index(n_images: int, n_texts: int, text_to_image, name: str = "text_to
                 "one text per image, or pass text_to_image saying which image each text belongs to"
             )
         return np.arange(n_texts)
-    idx = _as_int_array(text_to_image, name)
+    idx = check_int_array(text_to_image, name)
     if idx.shape != (n_texts,):
         raise ValueError(f"{name} must have one entry per row of text_emb ({n_texts}), got shape {idx.shape}")
     if idx.size and (idx.min() < 0 or idx.max() >= n_images):
@@ -132,55 +92,14 @@ def _pair_index(n_images: int, n_texts: int, text_to_image, name: str = "text_to
     return idx
 
 
-def check_embeddings(x, name: str = "embeddings") -> np.ndarray:
-    """``x`` (tensor or array) as a finite float64 numpy array ``[N, D]``;
-    a clear ValueError naming ``name`` otherwise."""
-    return _as_matrix(x, name)
-
-
-def _as_int_array(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of integers, got shape {arr.shape}")
-    integral = np.issubdtype(arr.dtype, np.integer) or (
-        np.issubdtype(arr.dtype, np.number) and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))
-    )
-    if arr.size and not integral:
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
-
-
-def _check_labels(labels, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
-    if labels is None:
-        raise ValueError(f"{name} is None; pass the class index of every image")
-    lab = _as_int_array(labels, name)
-    if lab.shape != (n,):
-        raise ValueError(f"{name} must have one entry per image ({n}), got shape {lab.shape}")
-    if lab.min() < 0 or lab.max() >= n_classes:
-        raise ValueError(
-            f"{name} holds class indices outside 0..{n_classes - 1} (class_emb has {n_classes} rows)"
-        )
-    return lab
-
-
 def _check_class_emb(class_emb, image: np.ndarray) -> np.ndarray:
-    cls = _as_matrix(class_emb, "class_emb")
+    cls = check_embeddings(class_emb, "class_emb")
     if cls.shape[0] < 2:
         raise ValueError(
             "class_emb has a single class; zero-shot classification needs at least two class embeddings"
         )
-    _same_dim(image, cls, "image_emb", "class_emb")
-    return _unit(cls, "class_emb")
-
-
-def _rng(random_state) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is not None and not isinstance(random_state, Integral):
-        raise ValueError(f"random_state must be an int, a numpy Generator or None, got {random_state!r}")
-    return np.random.default_rng(random_state)
+    check_same_dim(image, cls, "image_emb", "class_emb")
+    return unit_rows(cls, "class_emb")
 
 
 def _subsample(x: np.ndarray, sample_size, rng: np.random.Generator, name: str = "sample_size"):
@@ -191,13 +110,6 @@ def _subsample(x: np.ndarray, sample_size, rng: np.random.Generator, name: str =
     if x.shape[0] <= sample_size:
         return x
     return x[np.sort(rng.choice(x.shape[0], size=int(sample_size), replace=False))]
-
-
-def _pair(image_emb, text_emb) -> tuple[np.ndarray, np.ndarray]:
-    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
-    txt = _unit(_as_matrix(text_emb, "text_emb"), "text_emb")
-    _same_dim(img, txt, "image_emb", "text_emb")
-    return img, txt
 
 
 # -- centroid figures -------------------------------------------------------------
@@ -220,7 +132,7 @@ def centroid_distance(image_emb, text_emb) -> float:
     ----------
     Liang et al., "Mind the Gap", NeurIPS 2022 (the "gap distance").
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     return float(np.linalg.norm(_centroid_gap(img, txt)))
 
 
@@ -236,7 +148,7 @@ def centroid_mse(image_emb, text_emb) -> float:
     Yamaguchi et al., "Post-pre-training for Modality Alignment in
     Vision-Language Foundation Models", CVPR 2025 (code: yshinya6/clip-refine).
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     gap = _centroid_gap(img, txt)
     return float(gap @ gap / gap.size)
 
@@ -257,7 +169,7 @@ def gap_vector(image_emb, text_emb):
     Liang et al., "Mind the Gap", NeurIPS 2022, Table 1 (the shifting
     experiment moves embeddings along this direction).
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     g = _unit_gap(img, txt)
     if isinstance(image_emb, torch.Tensor):
         return torch.from_numpy(g.astype(np.float32)).to(image_emb.device)
@@ -300,7 +212,7 @@ def relative_gap(image_emb, text_emb) -> float:
     Fisher, "The use of multiple measurements in taxonomic problems", Annals
     of Eugenics 7(2), 1936 (between- and within-group scatter).
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     return _relative_gap(img, txt)
 
 
@@ -328,7 +240,7 @@ def paired_cosine(image_emb, text_emb, text_to_image=None) -> float:
     Radford et al., "Learning Transferable Visual Models From Natural
     Language Supervision" (CLIP), ICML 2021 (cosine similarity of pairs).
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     return float(np.einsum("ij,ij->i", img[idx], txt).mean())
 
@@ -347,7 +259,7 @@ def unpaired_cosine(image_emb, text_emb, text_to_image=None) -> float:
     Liang et al., "Mind the Gap", NeurIPS 2022 (cosine similarities of
     CLIP embeddings, matched and not).
     """
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     n_unmatched = len(img) * len(txt) - len(txt)
     if n_unmatched == 0:
@@ -370,7 +282,7 @@ def alignment(image_emb, text_emb, alpha: float = 2.0, text_to_image=None) -> fl
     """
     if not isinstance(alpha, Real) or not alpha > 0:
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     return float((np.linalg.norm(img[idx] - txt, axis=1) ** alpha).mean())
 
@@ -397,8 +309,8 @@ def uniformity(emb, t: float = 2.0, sample_size: int | None = None, random_state
     """
     if not isinstance(t, Real) or not t > 0:
         raise ValueError(f"t must be a positive number, got {t!r}")
-    x = _unit(_as_matrix(emb, "emb", min_rows=2), "emb")
-    x = _subsample(x, sample_size, _rng(random_state))
+    x = unit_rows(check_embeddings(emb, "emb", min_rows=2), "emb")
+    x = _subsample(x, sample_size, check_random_state(random_state))
     return _uniformity(x, float(t))
 
 
@@ -454,11 +366,11 @@ def linear_separability(image_emb, text_emb, test_size: float = 0.25, C: float =
         raise ValueError(f"C must be a positive number, got {C!r}")
     if random_state is not None and not isinstance(random_state, Integral):
         raise ValueError(f"random_state must be an int or None, got {random_state!r}")
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     for x, name in ((img, "image_emb"), (txt, "text_emb")):
         if len(x) < 4:
             raise ValueError(f"{name} has {len(x)} rows; linear_separability needs at least 4 per modality")
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     img = _subsample(img, sample_size, rng)
     txt = _subsample(txt, sample_size, rng)
     X = np.vstack([img, txt])
@@ -485,9 +397,9 @@ def spectrum(emb, normalize: bool = True) -> np.ndarray:
     "Understanding Dimensional Collapse in Contrastive Self-supervised
     Learning", ICLR 2022 (the singular-value spectrum plot).
     """
-    x = _as_matrix(emb, "emb", min_rows=2)
+    x = check_embeddings(emb, "emb", min_rows=2)
     if normalize:
-        x = _unit(x, "emb")
+        x = unit_rows(x, "emb")
     return _spectrum(x)
 
 
@@ -512,13 +424,16 @@ def effective_rank(emb, normalize: bool = True) -> float:
     Roy, Vetterli, "The effective rank: A measure of effective
     dimensionality", EUSIPCO 2007.
     """
-    x = _as_matrix(emb, "emb", min_rows=2)
+    x = check_embeddings(emb, "emb", min_rows=2)
     if normalize:
-        x = _unit(x, "emb")
-    return _effective_rank(_spectrum(x))
+        x = unit_rows(x, "emb")
+    return effective_rank_from_spectrum(_spectrum(x))
 
 
-def _effective_rank(ev: np.ndarray) -> float:
+def effective_rank_from_spectrum(ev) -> float:
+    """:func:`effective_rank` from eigenvalues :func:`spectrum` has already
+    computed (no second decomposition)."""
+    ev = np.asarray(ev, dtype=np.float64)
     s = np.sqrt(np.clip(ev, 0.0, None))
     total = s.sum()
     if total <= 1e-12:
@@ -540,7 +455,7 @@ def zero_shot_predict(image_emb, class_emb) -> np.ndarray:
     Radford et al., "Learning Transferable Visual Models From Natural
     Language Supervision", ICML 2021 (zero-shot transfer).
     """
-    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    img = unit_rows(check_embeddings(image_emb, "image_emb"), "image_emb")
     cls = _check_class_emb(class_emb, img)
     return _predict(img, cls)
 
@@ -560,9 +475,9 @@ def zero_shot_accuracy(image_emb, class_emb, labels) -> float:
     ----------
     Radford et al., ICML 2021 (zero-shot transfer).
     """
-    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    img = unit_rows(check_embeddings(image_emb, "image_emb"), "image_emb")
     cls = _check_class_emb(class_emb, img)
-    lab = _check_labels(labels, len(img), len(cls))
+    lab = check_labels(labels, len(img), len(cls))
     return float((_predict(img, cls) == lab).mean())
 
 
@@ -595,7 +510,7 @@ def retrieval_recall(image_emb, text_emb, k=(1, 5, 10), text_to_image=None) -> d
     image); Radford et al., ICML 2021 (zero-shot retrieval).
     """
     ks = _check_ks(k)
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     return _retrieval(img, txt, idx, ks)
 
@@ -671,9 +586,9 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
     Liang et al., "Mind the Gap", NeurIPS 2022, Table 1
     (code: Weixin-Liang/Modality-Gap).
     """
-    img = _unit(_as_matrix(image_emb, "image_emb"), "image_emb")
+    img = unit_rows(check_embeddings(image_emb, "image_emb"), "image_emb")
     cls = _check_class_emb(class_emb, img)
-    lab = _check_labels(labels, len(img), len(cls))
+    lab = check_labels(labels, len(img), len(cls))
     if deltas is None:
         deltas = np.linspace(-5.0, 5.0, 41)
     deltas = np.atleast_1d(np.asarray(deltas, dtype=np.float64))
@@ -684,7 +599,7 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
     if direction is None:
         g = _unit_gap(img, cls)
     else:
-        g = _as_vector(direction, "direction")
+        g = check_vector(direction, "direction")
         if g.size != img.shape[1]:
             raise ValueError(f"direction has {g.size} entries but the embeddings have dimension {img.shape[1]}")
         norm = np.linalg.norm(g)
@@ -711,15 +626,6 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
             "centroid_mse": float(gap @ gap / gap.size),
         })
     return pd.DataFrame(rows, columns=["delta", "accuracy", "centroid_distance", "centroid_mse"])
-
-
-def _as_vector(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array [D], got shape {arr.shape}")
-    return _as_matrix(arr[None, :], name)[0]
 
 
 # -- all at once ---------------------------------------------------------------------
@@ -771,7 +677,7 @@ def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, label
     if zero_shot_image_emb is not None and class_emb is None:
         raise ValueError("zero_shot_image_emb needs class_emb and labels")
     ks = _check_ks(k)
-    img, txt = _pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     for x, nm in ((img, "image_emb"), (txt, "text_emb")):
         if len(x) < 4:
@@ -789,19 +695,19 @@ def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, label
         "paired_cosine": float(matched.mean()),
         "unpaired_cosine": (float(img.sum(axis=0) @ txt.sum(axis=0)) - float(matched.sum())) / n_unmatched,
         "alignment": float((np.linalg.norm(img[idx] - txt, axis=1) ** 2).mean()),
-        "uniformity_image": _uniformity(_subsample(img, sample_size, _rng(random_state)), 2.0),
-        "uniformity_text": _uniformity(_subsample(txt, sample_size, _rng(random_state)), 2.0),
+        "uniformity_image": _uniformity(_subsample(img, sample_size, check_random_state(random_state)), 2.0),
+        "uniformity_text": _uniformity(_subsample(txt, sample_size, check_random_state(random_state)), 2.0),
         "linear_separability": linear_separability(img, txt, sample_size=sample_size,
                                                    random_state=random_state),
-        "effective_rank_image": _effective_rank(_spectrum(img)),
-        "effective_rank_text": _effective_rank(_spectrum(txt)),
+        "effective_rank_image": effective_rank_from_spectrum(_spectrum(img)),
+        "effective_rank_text": effective_rank_from_spectrum(_spectrum(txt)),
     }
     out.update(_retrieval(img, txt, idx, ks))
     if class_emb is not None:
-        zs = img if zero_shot_image_emb is None else _unit(
-            _as_matrix(zero_shot_image_emb, "zero_shot_image_emb"), "zero_shot_image_emb")
-        _same_dim(img, zs, "image_emb", "zero_shot_image_emb")
+        zs = img if zero_shot_image_emb is None else unit_rows(
+            check_embeddings(zero_shot_image_emb, "zero_shot_image_emb"), "zero_shot_image_emb")
+        check_same_dim(img, zs, "image_emb", "zero_shot_image_emb")
         cls = _check_class_emb(class_emb, zs)
-        lab = _check_labels(labels, len(zs), len(cls))
+        lab = check_labels(labels, len(zs), len(cls))
         out["zero_shot_accuracy"] = float((_predict(zs, cls) == lab).mean())
     return pd.Series(out, name=name, dtype=np.float64)

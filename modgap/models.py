@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import embed as _embed
-from .cache import EmbeddingCache, fingerprint_inputs, fingerprint_model
+from . import embed
+from .io import RUN_FILE
 
 __all__ = ["Clip", "ModelLoadError", "load_model", "offline_models", "parse_spec", "pick_device"]
 
@@ -155,6 +155,12 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
     from .zoo import register, weights_path
 
     register()
+    saved = _saved_model_folder(spec)
+    if saved is not None:
+        if pretrained is not None:
+            raise ValueError(f"spec {spec!r} is a saved folder that carries its own weights; "
+                             f"do not pass pretrained={pretrained!r}")
+        spec = f"local-dir:{saved}"
     schema, name, tag = parse_spec(spec, pretrained)
     dev = pick_device(device)
     kwargs = {"device": dev, "precision": precision}
@@ -165,13 +171,14 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
             if not path.exists():
                 raise ModelLoadError(
                     f"the weights of the bundled model {name!r} are missing ({path}); "
-                    "reinstall modgap or train them with python -m modgap.zoo.train"
+                    "reinstall modgap or train them with python -m modgap.pretrain"
                 )
             tag = str(path)
         elif not Path(tag).is_file():
             raise FileNotFoundError(f"load_model({label!r}): weights file {tag} does not exist")
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **kwargs)
-        return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir)
+        return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir,
+                    config=open_clip.get_model_config(name))
 
     if schema == "open_clip":
         known = open_clip.list_models()
@@ -217,7 +224,8 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
                     f"({type(e).__name__}: {first[:300]})"
                 ) from e
             raise ModelLoadError(_offline_help(label, e, weights_cache_dir)) from e
-        return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir)
+        return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir,
+                    config=open_clip.get_model_config(name))
 
     full = f"{schema}:{name}"
     if schema == "local-dir":
@@ -241,11 +249,34 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
             full, cache_dir=weights_cache_dir, **kwargs
         )
         tokenizer = open_clip.get_tokenizer(full)
+        config = open_clip.get_model_config(full)
     except Exception as e:  # huggingface_hub raises many unrelated types offline
         if schema == "local-dir":
             raise ModelLoadError(f"could not load {full!r}: {e}") from e
         raise ModelLoadError(_offline_help(full, e, weights_cache_dir)) from e
-    return Clip(model, preprocess, tokenizer, device=dev, name=full, cache_dir=cache_dir)
+    return Clip(model, preprocess, tokenizer, device=dev, name=full, cache_dir=cache_dir, config=config)
+
+
+def _saved_model_folder(spec) -> Path | None:
+    """The model folder a spec names when it is a folder on disk: one
+    written by an estimator's ``save`` (its default model) or by
+    :meth:`Clip.save` (``open_clip_config.json`` and weights)."""
+    if not isinstance(spec, str) or not spec.strip():
+        return None
+    folder = Path(spec.strip()).expanduser()
+    if not folder.is_dir():
+        return None
+    run_file = folder / RUN_FILE
+    if run_file.is_file():
+        meta = json.loads(run_file.read_text(encoding="utf-8"))
+        default = meta.get("default_model")
+        if not default or not (folder / default / "open_clip_config.json").is_file():
+            raise ModelLoadError(f"{run_file} names no loadable model folder (default_model={default!r}); "
+                                 f"load it with the estimator's load()")
+        return folder / default
+    if (folder / "open_clip_config.json").is_file():
+        return folder
+    return None
 
 
 def _looks_like_path(tag: str) -> bool:
@@ -271,9 +302,14 @@ class Clip:
         The spec it was loaded from.
     cache_dir : path or None
         Where embeddings are cached on disk; ``None`` turns the cache off.
+    config : dict or None
+        The open_clip ``model_cfg`` of the architecture, where known
+        (:func:`load_model` fills it in); saving a trained copy writes it
+        beside the weights, so the folder loads with ``local-dir:``.
     """
 
-    def __init__(self, model, preprocess=None, tokenizer=None, device=None, name="clip", cache_dir=None):
+    def __init__(self, model, preprocess=None, tokenizer=None, device=None, name="clip", cache_dir=None,
+                 config=None):
         import open_clip
 
         self.model = model
@@ -288,7 +324,7 @@ class Clip:
         self.tokenizer = tokenizer if tokenizer is not None else open_clip.get_tokenizer("ViT-B-32")
         self.name = name
         self.cache_dir = cache_dir
-        self._cache = None
+        self.config = config
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -311,76 +347,20 @@ class Clip:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
 
+    @property
+    def cache(self):
+        """The on-disk embedding cache (:class:`modgap.cache.EmbeddingCache`)
+        in :attr:`cache_dir`, or ``None``."""
+        return embed.cache_for(self)
+
     def with_model(self, model, name: str | None = None) -> Clip:
         """A new Clip with the same preprocessing and tokenizer around ``model``."""
         return Clip(model, self.preprocess, self.tokenizer, device=self.device,
-                    name=name or self.name, cache_dir=self.cache_dir)
+                    name=name or self.name, cache_dir=self.cache_dir, config=self.config)
 
     def copy(self, name: str | None = None) -> Clip:
         """A deep copy of the model, for training without touching this one."""
         return self.with_model(copy.deepcopy(self.model), name=name)
-
-    # -- cache -----------------------------------------------------------
-    def _cache_for(self, cache_dir):
-        d = cache_dir if cache_dir is not None else self.cache_dir
-        if d is None:
-            return None
-        if self._cache is None or self._cache.directory != Path(d).expanduser():
-            self._cache = EmbeddingCache(d)
-        return self._cache
-
-    # -- images ----------------------------------------------------------
-    def _image_dtype(self) -> torch.dtype:
-        """The dtype the image tower takes: bf16 or fp16 where the model was
-        loaded at that precision, else fp32."""
-        dtypes = {p.dtype for p in self.model.visual.parameters() if p.is_floating_point()}
-        for low in (torch.bfloat16, torch.float16):
-            if low in dtypes:
-                return low
-        return torch.float32
-
-    def _image_batches(self, kind, items, batch_size):
-        """Yield preprocessed float batches on the device."""
-        dtype = self._image_dtype()
-        if kind == "tensor":
-            for i in range(0, len(items), batch_size):
-                yield items[i:i + batch_size].to(self.device, dtype, non_blocking=True)
-            return
-        if kind == "uint8":
-            stats = _embed.normalize_stats(self.preprocess)
-            if _embed.fast_path_ok(self.preprocess, self.image_size, items.shape[1:3]):
-                for i in range(0, len(items), batch_size):
-                    yield _embed.pixels_to_tensor(items[i:i + batch_size], *stats, device=self.device).to(dtype)
-                return
-            from PIL import Image
-
-            for i in range(0, len(items), batch_size):
-                chunk = [self.preprocess(Image.fromarray(a)) for a in items[i:i + batch_size]]
-                yield torch.stack(chunk).to(self.device, dtype)
-            return
-        # PIL images (file paths are decoded to PIL first)
-        for i in range(0, len(items), batch_size):
-            chunk = [self.preprocess(im.convert("RGB")) for im in items[i:i + batch_size]]
-            yield torch.stack(chunk).to(self.device, dtype)
-
-    @torch.no_grad()
-    def _encode(self, fn, batches, n, progress, desc):
-        from tqdm.auto import tqdm
-
-        was_training = self.model.training
-        self.model.eval()
-        show = (n >= _embed.PROGRESS_MIN) if progress is None else bool(progress)
-        out = []
-        try:
-            with tqdm(total=n, desc=desc, unit="it", disable=not show, leave=False) as bar:
-                for b in batches:
-                    with _embed.autocast_for(self.device):
-                        f = fn(b)
-                    out.append(f.float())
-                    bar.update(len(b))
-        finally:
-            self.model.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
 
     def encode_images(self, images, batch_size: int = 256, normalize: bool = True, progress=None,
                       cache_dir=None) -> torch.Tensor:
@@ -397,30 +377,8 @@ class Clip:
         progress : None (a bar for long runs), True or False.
         cache_dir : a folder for the on-disk cache (default ``self.cache_dir``).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        kind, items = _embed.image_inputs(images)
-        cache = self._cache_for(cache_dir)
-        key = None
-        if cache is not None:
-            key = cache.key("images", fingerprint_model(self.model), fingerprint_inputs(kind, items),
-                            repr(self.preprocess), normalize, self.device.type)
-            hit = cache.get(key)
-            if hit is not None:
-                return torch.from_numpy(hit).to(self.device)
-        if kind == "paths":
-            items, _ = _embed.read_images_skipping(items)
-            kind = "pil"
-            if not items:
-                raise ValueError("images: none of the files could be read")
-        n = len(items)
-        emb = self._encode(self.model.encode_image, self._image_batches(kind, items, batch_size), n,
-                           progress, "images")
-        if normalize:
-            emb = F.normalize(emb, dim=-1)
-        if cache is not None:
-            cache.put(key, emb.cpu().numpy())
-        return emb
+        return embed.encode_images(self, images, batch_size=batch_size, normalize=normalize,
+                                   progress=progress, cache_dir=cache_dir)
 
     # -- texts -----------------------------------------------------------
     def tokenize(self, texts) -> torch.Tensor:
@@ -429,33 +387,8 @@ class Clip:
     def encode_texts(self, texts, batch_size: int = 256, normalize: bool = True, progress=None,
                      cache_dir=None) -> torch.Tensor:
         """Embed strings; returns a float32 tensor ``[N, D]``."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts is empty")
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be strings")
-        cache = self._cache_for(cache_dir)
-        key = None
-        if cache is not None:
-            key = cache.key("texts", fingerprint_model(self.model), fingerprint_inputs("texts", texts),
-                            repr(self.tokenizer.__class__), getattr(self.tokenizer, "context_length", ""),
-                            normalize, self.device.type)
-            hit = cache.get(key)
-            if hit is not None:
-                return torch.from_numpy(hit).to(self.device)
-
-        def batches():
-            for i in range(0, len(texts), batch_size):
-                yield self.tokenize(texts[i:i + batch_size]).to(self.device)
-
-        emb = self._encode(self.model.encode_text, batches(), len(texts), progress, "texts")
-        if normalize:
-            emb = F.normalize(emb, dim=-1)
-        if cache is not None:
-            cache.put(key, emb.cpu().numpy())
-        return emb
+        return embed.encode_texts(self, texts, batch_size=batch_size, normalize=normalize, progress=progress,
+                                  cache_dir=cache_dir)
 
     def class_embeddings(self, classnames, templates=("a photo of a {}.",), cache_dir=None) -> torch.Tensor:
         """The CLIP zero-shot classifier ``[C, D]``: every template per class,
@@ -479,12 +412,39 @@ class Clip:
         return self.logit_scale * img @ self.class_embeddings(classnames, templates).T
 
     def save(self, path, overwrite: bool = False) -> Path:
-        """Write the weights as ``.safetensors`` (or a torch ``.pt`` state dict),
-        atomically; an existing file is kept unless ``overwrite=True``."""
-        from .io import save_state_dict
+        """Write the model, atomically; what exists is kept unless
+        ``overwrite=True``.
 
-        return save_state_dict(self.model, path, overwrite=overwrite)
+        A path ending in ``.safetensors`` (or ``.pt``, ``.bin``, ``.pth``)
+        gets the weights alone, for ``load_model("ARCH:/path")``. Any other
+        path becomes a folder in open_clip's own format,
+        ``open_clip_config.json`` (architecture and preprocessing) beside
+        ``open_clip_model.safetensors``, which ``load_model(path)`` and
+        ``open_clip.create_model_from_pretrained("local-dir:path")`` read;
+        that needs :attr:`config` (known for models from :func:`load_model`).
+        """
+        from .io import atomic_folder, save_state_dict
 
+        path = Path(path).expanduser()
+        if path.suffix in (".safetensors", ".pt", ".bin", ".pth"):
+            return save_state_dict(self.model, path, overwrite=overwrite)
+        with atomic_folder(path, overwrite=overwrite, marker="open_clip_config.json") as tmp:
+            self.write_model_folder(tmp)
+        return path
 
-def _as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    def write_model_folder(self, folder) -> None:
+        """Write ``open_clip_config.json`` and ``open_clip_model.safetensors``
+        into the existing ``folder`` (see :meth:`save`)."""
+        import open_clip
+
+        from .io import atomic_write_text, save_state_dict
+
+        if self.config is None:
+            raise ValueError(f"{self.name!r} has no open_clip config (it was not made by load_model); "
+                             "save its weights to a .safetensors file instead")
+        folder = Path(folder)
+        preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(self.model))
+        cfg = {"model_cfg": self.config,
+               "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()}}
+        atomic_write_text(folder / "open_clip_config.json", json.dumps(cfg, indent=2))
+        save_state_dict(self.model, folder / "open_clip_model.safetensors", overwrite=True)

@@ -51,7 +51,7 @@ def test_second_call_is_a_hit_that_skips_the_model(cached, images, tmp_path, mon
     second = cached.encode_images(images)
     assert torch.equal(first, second)
     assert second.dtype == torch.float32 and second.device == cached.device
-    assert cached._cache.hits == 1 and cached._cache.misses == 1
+    assert cached.cache.hits == 1 and cached.cache.misses == 1
 
 
 def test_cache_dir_per_call(clip, images, tmp_path, monkeypatch):
@@ -133,7 +133,7 @@ def test_corrupt_entry_is_recomputed_with_a_warning(cached, images, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(cached.encode_images(images), good)
-    assert cached._cache.hits == 1
+    assert cached.cache.hits == 1
 
 
 def test_tampered_entry_is_not_returned(cached, images, tmp_path):

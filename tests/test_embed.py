@@ -104,7 +104,7 @@ def test_unreadable_files_are_skipped_with_one_warning(clip, images, tmp_path):
 def test_no_readable_file_is_an_error(clip, tmp_path):
     bad = [write_corrupt(tmp_path / "a.png"), write_corrupt(tmp_path / "b.png")]
     with (pytest.warns(UserWarning, match="skipped 2 of 2"),
-          pytest.raises(ValueError, match="none of the files could be read")):
+          pytest.raises(ValueError, match="none of the 2 image files could be read")):
         clip.encode_images(bad)
 
 
@@ -143,9 +143,9 @@ def test_bad_image_arguments(clip, bad, error, match):
         clip.encode_images(bad)
 
 
-@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
-def test_bad_batch_size(clip, images, batch_size):
-    with pytest.raises(ValueError, match="batch_size"):
+@pytest.mark.parametrize(("batch_size", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_bad_batch_size(clip, images, batch_size, error):
+    with pytest.raises(error, match="batch_size"):
         clip.encode_images(images, batch_size=batch_size)
 
 

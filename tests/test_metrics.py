@@ -451,7 +451,7 @@ LAB = np.array([0, 1, 2, 0, 1, 2])
     (lambda: M.zero_shot_accuracy(GOOD, CLS[:1], np.zeros(6, dtype=int)), "class_emb has a single class"),
     (lambda: M.zero_shot_predict(GOOD, np.eye(5)[:3]), "image_emb has dimension 4 but class_emb has dimension 5"),
     (lambda: M.zero_shot_accuracy(GOOD, CLS, LAB[:5]), "labels must have one entry per image"),
-    (lambda: M.zero_shot_accuracy(GOOD, CLS, LAB + 1), "labels holds class indices outside 0..2"),
+    (lambda: M.zero_shot_accuracy(GOOD, CLS, LAB + 1), "labels: label 3 at index 2 is outside 0..2"),
     (lambda: M.zero_shot_accuracy(GOOD, CLS, None), "labels is None"),
     (lambda: M.zero_shot_accuracy(GOOD, NAN[:3], LAB), "class_emb has NaN"),
     (lambda: M.shift_along_gap(GOOD, CLS, LAB, [0.0, np.nan]), "deltas has NaN"),

@@ -20,27 +20,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_features, check_number, check_same_shape
+
 __all__ = [
     "sample_references", "rafa_loss", "hybrid_distillation", "hycd_loss", "self_kd_loss",
     "contrastive_loss",
 ]
-
-
-def _check_features(name: str, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    return x
-
-
-def _check_same_shape(**tensors) -> None:
-    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{k} {s}" for k, s in shapes.items())
-        raise ValueError(f"shapes must match: {listed}")
 
 
 def sample_references(n: int, dim: int, generator: torch.Generator | None = None, device=None,
@@ -93,10 +78,10 @@ def rafa_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, reference: torc
         Project features and references onto the unit sphere first (then
         the prior is the uniform distribution on the sphere). Off by default.
     """
-    _check_features("image_feat", image_feat)
-    _check_features("text_feat", text_feat)
-    _check_features("reference", reference)
-    _check_same_shape(image_feat=image_feat, text_feat=text_feat, reference=reference)
+    check_features(image_feat, "image_feat")
+    check_features(text_feat, "text_feat")
+    check_features(reference, "reference")
+    check_same_shape(image_feat=image_feat, text_feat=text_feat, reference=reference)
     if normalize:
         image_feat = F.normalize(image_feat, dim=-1)
         text_feat = F.normalize(text_feat, dim=-1)
@@ -117,9 +102,9 @@ def hybrid_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tens
     diagonal labels (times ``T^2``); ``alpha = 0`` gives plain distillation.
     The teacher's logits are detached.
     """
-    _check_features("student_logits", student_logits)
-    _check_features("teacher_logits", teacher_logits)
-    _check_same_shape(student_logits=student_logits, teacher_logits=teacher_logits)
+    check_features(student_logits, "student_logits")
+    check_features(teacher_logits, "teacher_logits")
+    check_same_shape(student_logits=student_logits, teacher_logits=teacher_logits)
     if student_logits.shape[0] != student_logits.shape[1]:
         raise ValueError(f"logits must be square [B, B], got shape {tuple(student_logits.shape)}")
     alpha, temperature = _check_alpha_temperature(alpha, temperature)
@@ -129,13 +114,8 @@ def hybrid_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tens
 
 
 def _check_alpha_temperature(alpha, temperature) -> tuple[float, float]:
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    temperature = float(temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    return alpha, temperature
+    return (check_number(alpha, "alpha", low=0.0, high=1.0),
+            check_number(temperature, "temperature", low=0.0, low_open=True))
 
 
 def hycd_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_image: torch.Tensor,
@@ -163,8 +143,8 @@ def hycd_loss(student_image: torch.Tensor, student_text: torch.Tensor, teacher_i
     """
     for name, x in (("student_image", student_image), ("student_text", student_text),
                     ("teacher_image", teacher_image), ("teacher_text", teacher_text)):
-        _check_features(name, x)
-    _check_same_shape(student_image=student_image, student_text=student_text,
+        check_features(x, name)
+    check_same_shape(student_image=student_image, student_text=student_text,
                       teacher_image=teacher_image, teacher_text=teacher_text)
     s = student_image @ student_text.T
     t = (teacher_image @ teacher_text.T).detach()
@@ -198,9 +178,9 @@ def contrastive_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, logit_sc
         which for CLIP's raw feature norms gives logits hundreds of times too
         large; modgap normalises, as CLIP and open_clip do.
     """
-    _check_features("image_feat", image_feat)
-    _check_features("text_feat", text_feat)
-    _check_same_shape(image_feat=image_feat, text_feat=text_feat)
+    check_features(image_feat, "image_feat")
+    check_features(text_feat, "text_feat")
+    check_same_shape(image_feat=image_feat, text_feat=text_feat)
     if isinstance(logit_scale, torch.Tensor):
         if logit_scale.numel() != 1:
             raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
@@ -218,7 +198,7 @@ def hybrid_target(teacher_logits: torch.Tensor, alpha: float = 0.5, temperature:
     """HyCD's target rows, ``alpha * I + (1 - alpha) * softmax(teacher / T)``,
     for a square logit matrix (what :func:`hybrid_distillation` fits the
     student to); each row sums to one."""
-    _check_features("teacher_logits", teacher_logits)
+    check_features(teacher_logits, "teacher_logits")
     if teacher_logits.ndim != 2 or teacher_logits.shape[0] != teacher_logits.shape[1]:
         raise ValueError(f"teacher_logits must be square [B, B], got shape {tuple(teacher_logits.shape)}")
     alpha, temperature = _check_alpha_temperature(alpha, temperature)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import check_labels
+
 __all__ = ["DEFAULT_TEMPLATES", "ImageSet", "PairSet"]
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -31,26 +33,6 @@ def _check_images(images, name: str):
         f"{name}: images must be a uint8 array [N, H, W, 3] or a list of file paths, "
         f"got {type(images).__name__}"
     )
-
-
-def _check_labels(labels, n: int, classnames, name: str, source) -> np.ndarray:
-    """Labels as int64 indices into ``classnames``; an error names the first
-    label outside the class list."""
-    labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"{name}: labels has shape {labels.shape}, expected ({n},)")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: labels must be integers, got {labels.dtype}")
-    bad = (labels < 0) | (labels >= len(classnames))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            name
-            + (f" ({source})" if source else "")
-            + f": label {int(labels[i])} at index {i} is outside the class list "
-            f"of {len(classnames)} classes {list(classnames)[:10]}"
-        )
-    return labels.astype(np.int64)
 
 
 def _take(images, idx: np.ndarray):
@@ -99,7 +81,7 @@ class ImageSet:
             if "{}" not in t:
                 raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
         if self.labels is not None:
-            self.labels = _check_labels(self.labels, n, self.classnames, f"ImageSet {self.name!r}", self.source)
+            self.labels = check_labels(self.labels, n, len(self.classnames), f"ImageSet {self.name!r}", context=self.source or "", classnames=self.classnames)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -184,7 +166,7 @@ class PairSet:
         self.classnames = list(self.classnames)
         self.templates = list(self.templates)
         if self.labels is not None:
-            self.labels = _check_labels(self.labels, n, self.classnames, f"PairSet {self.name!r}", self.source)
+            self.labels = check_labels(self.labels, n, len(self.classnames), f"PairSet {self.name!r}", context=self.source or "", classnames=self.classnames)
 
     def __len__(self) -> int:
         return len(self.images)
