@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-__all__ = ["main", "load_data_arg"]
+__all__ = ["load_data_arg", "main"]
 
 
 def _cmd_info(args) -> int:
@@ -67,10 +66,9 @@ def _gap_inputs(clip, ds):
 
 
 def _cmd_gap(args) -> int:
-    import modgap
     from modgap import metrics
 
-    clip = modgap.load_model(args.model, device=args.device)
+    clip = _load(args)
     ds = load_data_arg(args.data, split=args.split, n=args.n, seed=args.seed, domain=args.domain,
                        task=args.task, image_root=args.image_root)
     img, txt, classes, labels = _gap_inputs(clip, ds)
@@ -101,64 +99,58 @@ def _cmd_gap(args) -> int:
     return 0
 
 
-def _out_dir(path: str, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SystemExit(f"--out {out} is not empty; pass --overwrite to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _check_out(path: str, overwrite: bool) -> None:
+    """Fail before any work when ``--out`` cannot take the run."""
+    from modgap.io import RUN_FILE, check_free_folder
+
+    try:
+        check_free_folder(path, overwrite, RUN_FILE)
+    except FileExistsError as e:
+        raise SystemExit(f"--out: {e}".replace("overwrite=True", "--overwrite")) from None
+
+
+def _report_saved(est, out: str) -> None:
+    """Where the run went and how to load it back (the same for every method)."""
+    models = ", ".join(f"{name}/" for name in est.fitted_models())
+    print(f"wrote {out}: estimator.json, history.csv, {models}")
+    print(f"load the model with modgap.load_model('{out}'), or all of it with "
+          f"modgap.adapt.{type(est).__name__}.load('{out}')")
 
 
 def _cmd_reclip(args) -> int:
-    import modgap
-    from modgap.adapt.reclip import ReCLIP
+    from modgap.adapt import run_reclip
 
-    clip = modgap.load_model(args.model, device=args.device)
+    _check_out(args.out, args.overwrite)
     ds = load_data_arg(args.data, split="test", n=args.n, seed=args.seed, domain=args.domain, task=args.task)
-    out = _out_dir(args.out, args.overwrite)
-    model = ReCLIP(clip, ds.classnames, ds.templates, epochs=args.epochs, seed=args.seed)
-    model.fit(ds, labels=ds.labels)
-    model.save(out, overwrite=args.overwrite)
-    print(model.history_.to_string(index=False))
-    arch = _architecture(clip)
-    print(f"wrote {out}: history.csv, visual_model.safetensors, text_model.safetensors, classifier, settings")
-    if arch:
-        print(f"load a branch with modgap.load_model('{arch}:{out / 'visual_model.safetensors'}'), "
-              f"or all of it with modgap.adapt.ReCLIP.load('{out}', clip)")
+    est = run_reclip(_load(args), ds, epochs=args.epochs, seed=args.seed, out=args.out, overwrite=args.overwrite)
+    print(est.history_.to_string(index=False))
+    _report_saved(est, args.out)
     return 0
-
-
-def _architecture(clip) -> str | None:
-    """The open_clip architecture name of a clip loaded from an ARCH[:TAG] spec."""
-    if clip.name.startswith(("hf-hub:", "local-dir:")):
-        return None
-    return clip.name.split(":")[0]
 
 
 def _cmd_refine(args) -> int:
-    import modgap
-    from modgap.adapt.refine import CLIPRefine
-    from modgap.io import save_state_dict
+    from modgap.adapt import run_refine
 
-    clip = modgap.load_model(args.model, device=args.device)
+    _check_out(args.out, args.overwrite)
     pairs = load_data_arg(args.pairs, split="train", n=args.n, seed=args.seed, image_root=args.image_root)
-    out = _out_dir(args.out, args.overwrite)
     kw = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
           if v is not None}
-    ref = CLIPRefine(clip, method=args.method, seed=args.seed, **kw).fit(pairs)
-    ref.history_.to_csv(out / "history.csv", index=False)
-    weights = save_state_dict(ref.model_, out / "model.safetensors", overwrite=args.overwrite)
-    arch = _architecture(clip)
-    (out / "model.json").write_text(json.dumps({"base": clip.name, "method": args.method, "architecture": arch}))
-    print(ref.history_.tail(5).to_string(index=False))
-    if arch:
-        print(f"wrote {weights}; load it with modgap.load_model('{arch}:{weights}')")
-    else:
-        print(f"wrote {weights}")
+    est = run_refine(_load(args), pairs, method=args.method, seed=args.seed, out=args.out,
+                     overwrite=args.overwrite, **kw)
+    print(est.history_.tail(5).to_string(index=False))
+    _report_saved(est, args.out)
     return 0
 
 
+def _load(args):
+    import modgap
+
+    return modgap.load_model(args.model, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from modgap.adapt.clip_refine import METHODS
+
     ap = argparse.ArgumentParser(prog="modgap", description="See, measure and close the modality gap of CLIP models.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -191,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("refine", help="post-pre-train a model on image-caption pairs (CLIP-Refine and baselines)")
     common(f, "--pairs")
-    f.add_argument("--method", default="clip-refine",
-                   choices=["clip-refine", "rafa", "hycd", "self-kd", "contrastive"])
+    f.add_argument("--method", default="clip-refine", choices=list(METHODS))
     f.add_argument("--epochs", type=int, default=None)
     f.add_argument("--lr", type=float, default=None)
     f.add_argument("--batch-size", type=int, default=None)

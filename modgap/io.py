@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_FILE", "atomic_folder", "atomic_write", "atomic_write_text", "save_state_dict"]
+__all__ = ["RUN_FILE", "atomic_folder", "atomic_write", "atomic_write_text", "check_free_folder", "save_state_dict"]
 
 # the file that marks a folder written by an estimator's save()
 RUN_FILE = "estimator.json"
@@ -71,6 +71,23 @@ def save_state_dict(model: torch.nn.Module, path, overwrite: bool = False, dtype
     return atomic_write(path, write, overwrite=overwrite)
 
 
+def check_free_folder(path, overwrite: bool = False, marker: str | None = None) -> Path:
+    """``path`` as a ``Path`` if :func:`atomic_folder` may write there: it
+    does not exist, is an empty folder, or (with ``overwrite=True``) a
+    folder that holds ``marker``; a ``FileExistsError`` says why not.
+    Call it before long work, so a bad output path fails first."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
+        if marker is not None and not (path / marker).is_file():
+            raise FileExistsError(f"{path} holds files modgap did not write (no {marker}); "
+                                  "choose a new or empty folder")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_folder(path, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Write a folder as a whole: yields an empty temporary folder beside
@@ -81,15 +98,7 @@ def atomic_folder(path, overwrite: bool = False, marker: str | None = None) -> I
     ``marker``, only a folder holding that file (one modgap wrote) is ever
     replaced, so a user's other files are never deleted.
     """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder; choose another path")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
-        if marker is not None and not (path / marker).is_file():
-            raise FileExistsError(f"{path} holds files modgap did not write (no {marker}); "
-                                  "choose a new or empty folder")
+    path = check_free_folder(path, overwrite, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -42,8 +42,10 @@ def test_reclip_writes_history_and_weights_that_load_back(tmp_path):
     clip = modgap.load_model("modgap-tiny", device="cpu")
     est = ReCLIP.load(out, clip)
     assert est.predict(modgap.data.load("shapes", n=8, domain="night")).shape == (8,)
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit, match="not empty; pass --overwrite"):
         cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["arrays.safetensors", "estimator.json", "history.csv",
+                                                      "text", "visual"]
 
 
 def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
@@ -52,8 +54,9 @@ def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
     out = tmp_path / "refined"
     assert cli.main(["refine", "--pairs", "shapes-pairs", "--n", "320", "--method", "clip-refine",
                      "--epochs", "1", "--batch-size", "32", "--out", str(out)]) == 0
-    assert "modgap.load_model('modgap-tiny:" in capsys.readouterr().out
-    refined = modgap.load_model(f"modgap-tiny:{out / 'model.safetensors'}", device="cpu")
+    assert f"modgap.load_model('{out}')" in capsys.readouterr().out
+    assert (out / "history.csv").is_file() and (out / "estimator.json").is_file()
+    refined = modgap.load_model(str(out), device="cpu")
     base = modgap.load_model("modgap-tiny", device="cpu")
     moved = any(not (a == b).all() for a, b in zip(refined.model.parameters(), base.model.parameters()))
     assert moved

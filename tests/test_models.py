@@ -207,7 +207,7 @@ def test_local_dir_errors(tmp_path, micro_state):
 def test_bundled_model_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
     missing = tmp_path / "modgap-tiny.safetensors"
     monkeypatch.setattr(modgap.zoo, "weights_path", lambda name="modgap-tiny": missing)
-    with pytest.raises(ModelLoadError, match="modgap.zoo.train") as info:
+    with pytest.raises(ModelLoadError, match="modgap.pretrain") as info:
         load_model("modgap-tiny", device="cpu")
     assert str(missing) in str(info.value)
 

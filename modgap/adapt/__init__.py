@@ -1,17 +1,30 @@
-"""Adaptation methods, one file each: ReCLIP (source-free domain
-adaptation) and CLIP-Refine (post-pre-training) with its baselines; the
+"""Adaptation methods, one file each, on one estimator contract
+(:mod:`~modgap.adapt.base`): ReCLIP (:mod:`~modgap.adapt.reclip`,
+source-free domain adaptation) and CLIP-Refine with its baselines
+(:mod:`~modgap.adapt.clip_refine`, post-pre-training); the
 label-propagation graph and the losses are modules of their own.
-
-``modgap.adapt.refine`` is the CLIP-Refine module; its one-call helper is
-``modgap.adapt.refine.refine``.
 """
+from .base import Estimator, learning_rate_at
+from .clip_refine import METHODS, CLIPRefine, auto_temperature, run_refine
 from .graph import label_propagation, projection, propagate
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references, self_kd_loss
 from .reclip import ReCLIP, run_reclip
-from .refine import METHODS, CLIPRefine, auto_temperature
 
 __all__ = [
-    "ReCLIP", "run_reclip", "label_propagation", "projection", "propagate",
-    "CLIPRefine", "METHODS", "auto_temperature",
-    "rafa_loss", "hycd_loss", "self_kd_loss", "contrastive_loss", "sample_references",
+    "METHODS",
+    "CLIPRefine",
+    "Estimator",
+    "ReCLIP",
+    "auto_temperature",
+    "contrastive_loss",
+    "hycd_loss",
+    "label_propagation",
+    "learning_rate_at",
+    "projection",
+    "propagate",
+    "rafa_loss",
+    "run_reclip",
+    "run_refine",
+    "sample_references",
+    "self_kd_loss",
 ]

@@ -2,9 +2,15 @@
 and the estimator contract (see :class:`Estimator`)."""
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
-__all__ = ["SCHEDULES", "learning_rate_at"]
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+
+__all__ = ["SCHEDULES", "Estimator", "learning_rate_at", "run_estimator"]
 
 SCHEDULES = ("constant", "cosine")
 
@@ -20,3 +26,219 @@ def learning_rate_at(step: int, total: int, peak: float, warmup: int = 0, schedu
         done = (step - warmup) / max(1, total - warmup)
         return peak * 0.5 * (1.0 + math.cos(math.pi * done))
     return peak
+
+
+class Estimator(BaseEstimator):
+    """The contract every adaptation method of modgap keeps, on top of
+    scikit-learn's ``BaseEstimator``.
+
+    - ``__init__`` only stores its arguments; :meth:`fit` validates them.
+      ``get_params``, ``set_params`` and the repr come from the constructor's
+      signature, so ``sklearn.base.clone`` gives an unfitted copy (sharing
+      the pre-trained ``clip``, which no method modifies, instead of copying
+      its weights).
+    - ``callback(estimator, row)`` is called after every logged step or
+      epoch with the new row of ``history_`` (a dict); returning ``False``
+      stops the fit there, with a complete, usable result.
+    - :meth:`to_clip` hands a trained model back as a :class:`modgap.Clip`.
+    - :meth:`save` writes a folder as a whole (one rename; nothing is
+      replaced unless ``overwrite=True``), which :meth:`load` and
+      :func:`modgap.load_model` read.
+
+    A subclass names its trained models in :meth:`fitted_models` (the first
+    is the default one), the array and scalar attributes :meth:`save` keeps
+    in ``_saved_arrays`` and ``_saved_scalars``, and restores its models in
+    :meth:`_restore_models`.
+    """
+
+    _saved_arrays: tuple[str, ...] = ()
+    _saved_scalars: tuple[str, ...] = ()
+    # set by fit once the result is complete
+    _fitted_attr = "history_"
+    # constructor arguments that are live objects, not settings to save
+    _live_params = ("clip", "callback")
+
+    def __sklearn_clone__(self):
+        params = self.get_params(deep=False)
+        return type(self)(**{k: v if k in self._live_params else clone(v, safe=False) for k, v in params.items()})
+
+    # -- fitted state ---------------------------------------------------------
+    def fitted_models(self) -> dict:
+        """The trained open_clip models by name, the default one first."""
+        raise NotImplementedError
+
+    def _restore_models(self, models: dict) -> None:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attr):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit() first "
+                               f"(or {type(self).__name__}.load(path))")
+
+    def _report(self, rows: list, row: dict) -> bool:
+        """Append ``row`` to ``rows`` and ``history_``, and ask the callback
+        whether to go on."""
+        import pandas as pd
+
+        rows.append(row)
+        self.history_ = pd.DataFrame(rows)
+        if self.callback is None:
+            return True
+        return self.callback(self, dict(row)) is not False
+
+    def to_clip(self, model: str | None = None):
+        """A trained model as a :class:`modgap.Clip` (the default model, or
+        the one ``model`` names: see :meth:`fitted_models`), with the
+        original preprocessing and tokenizer."""
+        self._check_fitted()
+        models = self.fitted_models()
+        name = next(iter(models)) if model is None else model
+        if name not in models:
+            raise ValueError(f"model must be one of {tuple(models)} or None, got {model!r}")
+        return self.clip.with_model(models[name], name=f"{self.clip.name}+{self._suffix(name)}")
+
+    def _suffix(self, model_name: str) -> str:
+        return type(self).__name__.lower()
+
+    # -- save / load ----------------------------------------------------------
+    def save(self, path, overwrite: bool = False):
+        """Write the fitted estimator to the folder ``path``, as a whole.
+
+        Layout: ``estimator.json`` (the estimator, its settings and the
+        base model's name), ``history.csv``, ``arrays.safetensors`` where
+        the method has learned arrays, and one folder per trained model in
+        open_clip's own format (``open_clip_config.json`` and
+        ``open_clip_model.safetensors``), so ``modgap.load_model(path)``
+        loads the default model and ``load_model("local-dir:PATH/NAME")``
+        any of them. The folder is written beside ``path`` and renamed into
+        place; an existing folder is replaced only with ``overwrite=True``
+        and only if an estimator wrote it.
+        """
+        import json
+
+        from safetensors.torch import save_file
+
+        from ..io import RUN_FILE, atomic_folder, save_state_dict
+
+        self._check_fitted()
+        models = self.fitted_models()
+        with atomic_folder(path, overwrite=overwrite, marker=RUN_FILE) as tmp:
+            for name, model in models.items():
+                (tmp / name).mkdir()
+                clip = self.clip.with_model(model)
+                if clip.config is not None:
+                    clip.write_model_folder(tmp / name)
+                else:
+                    save_state_dict(model, tmp / name / "open_clip_model.safetensors")
+            if self._saved_arrays:
+                arrays = {k: torch.as_tensor(np.asarray(getattr(self, k))).contiguous() for k in self._saved_arrays}
+                save_file(arrays, str(tmp / "arrays.safetensors"))
+            self.history_.to_csv(tmp / "history.csv", index=False)
+            meta = {
+                "format": _FORMAT, "version": _FORMAT_VERSION, "estimator": type(self).__name__,
+                "base_model": getattr(self.clip, "name", None), "default_model": next(iter(models)),
+                "models": list(models), "params": self._settings(),
+                "fitted": {k: _plain(getattr(self, k)) for k in self._saved_scalars},
+            }
+            (tmp / RUN_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return Path(path).expanduser()
+
+    def _settings(self) -> dict:
+        return {k: _plain(v) for k, v in self.get_params(deep=False).items() if k not in self._live_params}
+
+    @classmethod
+    def load(cls, path, clip=None):
+        """A fitted estimator from a folder :meth:`save` wrote.
+
+        ``clip`` becomes the estimator's pre-trained model (its preprocessing
+        and tokenizer are used, and the saved weights are loaded into copies
+        of its model, so it must be the same architecture). Without it, the
+        saved default model stands in as ``clip``: enough to predict, embed
+        and save again; pass the original with ``set_params(clip=...)``
+        before fitting anew.
+        """
+        import json
+
+        import pandas as pd
+        from safetensors.torch import load_file
+
+        from ..io import RUN_FILE
+        from ..models import load_model
+
+        path = Path(path).expanduser()
+        run_file = path / RUN_FILE
+        if not run_file.is_file():
+            raise FileNotFoundError(f"{path} holds no {RUN_FILE}; is it a folder {cls.__name__}.save wrote?")
+        meta = json.loads(run_file.read_text(encoding="utf-8"))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{run_file} is not a modgap estimator file (format {meta.get('format')!r})")
+        if meta.get("version", 0) > _FORMAT_VERSION:
+            raise ValueError(f"{run_file} was written by a newer modgap (version {meta['version']}); upgrade modgap")
+        if meta.get("estimator") != cls.__name__:
+            raise ValueError(f"{path} holds a {meta.get('estimator')}, not a {cls.__name__}; "
+                             f"load it with {meta.get('estimator')}.load")
+        models = {}
+        for name in meta["models"]:
+            folder = path / name
+            if clip is None:
+                loaded = load_model(f"local-dir:{folder}")
+                clip = loaded.with_model(loaded.model, name=meta.get("base_model") or loaded.name)
+                models[name] = loaded.model
+                continue
+            model = copy.deepcopy(clip.model)
+            state = load_file(str(folder / "open_clip_model.safetensors"), device="cpu")
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"{folder} does not fit the architecture of clip {clip.name!r} "
+                                 f"(fitted from {meta.get('base_model')!r}): {str(e).splitlines()[0]}") from e
+            models[name] = model.to(clip.device)
+        for model in models.values():
+            model.eval().requires_grad_(False)
+        est = cls(clip=clip, **meta["params"])
+        est._restore_models(models)
+        if est._saved_arrays:
+            for k, v in load_file(str(path / "arrays.safetensors"), device="cpu").items():
+                setattr(est, k, v.numpy())
+        for k, v in meta.get("fitted", {}).items():
+            setattr(est, k, v)
+        est.history_ = pd.read_csv(path / "history.csv")
+        return est
+
+
+_FORMAT = "modgap-estimator"
+_FORMAT_VERSION = 1
+
+
+def _plain(value):
+    """``value`` as JSON: tuples and numpy scalars and arrays as lists and numbers."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def run_estimator(estimator_class, clip, fit_args: tuple, fit_kwargs: dict, out=None, overwrite: bool = False,
+                  **params):
+    """Build ``estimator_class(clip, **params)``, fit it and, where ``out``
+    is given, save it there: the body of the one-call helpers
+    (:func:`~modgap.adapt.reclip.run_reclip`,
+    :func:`~modgap.adapt.clip_refine.run_refine`) and of the command line.
+    ``clip`` may be a spec for :func:`modgap.load_model`; ``out`` is checked
+    before any work, so a bad output path fails first."""
+    from ..io import RUN_FILE, check_free_folder
+    from ..models import load_model
+
+    if out is not None:
+        check_free_folder(out, overwrite, RUN_FILE)
+    if isinstance(clip, str):
+        clip = load_model(clip)
+    est = estimator_class(clip, **params).fit(*fit_args, **fit_kwargs)
+    if out is not None:
+        est.save(out, overwrite=overwrite)
+    return est

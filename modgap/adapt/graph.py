@@ -20,35 +20,17 @@ import warnings
 
 import numpy as np
 import torch
+
+from ..validation import check_tensor
 import torch.nn.functional as F
 
 __all__ = [
-    "projection", "knn_affinity", "normalized_adjacency", "conjugate_gradient",
+    "projection", "project_embeddings", "knn_affinity", "normalized_adjacency", "conjugate_gradient",
     "label_propagation", "PropagationResult", "propagate",
 ]
 
 # elements of one block of the similarity matrix (rows x N): 2**24 floats is 64 MB
 _BLOCK_ELEMENTS = 2 ** 24
-
-
-def _as_float_tensor(x, name: str, device=None) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(x).__name__}") from e
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
-    t = t.float()
-    if device is not None:
-        t = t.to(device)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    return t
 
 
 def projection(class_emb, rank_cap: int | None = None) -> torch.Tensor:
@@ -86,7 +68,7 @@ def projection(class_emb, rank_cap: int | None = None) -> torch.Tensor:
     that projector silently. modgap warns and returns the identity instead
     (no projection), so the graph is built on the plain embeddings.
     """
-    w = _as_float_tensor(class_emb, "class_emb")
+    w = check_tensor(class_emb, "class_emb")
     c, d = w.shape
     if c < 2:
         raise ValueError(f"class_emb must have at least 2 rows (classes), got {c}")
@@ -107,6 +89,31 @@ def projection(class_emb, rank_cap: int | None = None) -> torch.Tensor:
         )
         return torch.eye(d, dtype=torch.float32, device=w.device)
     return (keep @ keep.T).float()
+
+
+def project_embeddings(emb, class_emb, rank_cap: int | None = None) -> torch.Tensor:
+    """Embeddings in ReCLIP's projection space, ``normalize(emb @ P)`` with
+    ``P = projection(class_emb, rank_cap)``: the features its
+    label-propagation graph compares, e.g. to see how the projection pulls
+    the class embeddings apart (``project_embeddings(class_emb, class_emb)``).
+
+    Parameters
+    ----------
+    emb : tensor or array ``[N, D]``
+    class_emb : tensor or array ``[C, D]``
+    rank_cap : int, optional
+        Passed to :func:`projection`.
+
+    Returns
+    -------
+    tensor ``[N, D]``, float32, on the device of ``class_emb``; rows of
+    unit length, except a row the projection maps to zero, which stays zero.
+    """
+    p = projection(class_emb, rank_cap=rank_cap)
+    x = check_tensor(emb, "emb", p.device)
+    if x.shape[1] != p.shape[0]:
+        raise ValueError(f"emb has dim {x.shape[1]} but class_emb has dim {p.shape[0]}")
+    return F.normalize(x @ p, dim=-1)
 
 
 def knn_affinity(x: torch.Tensor, k: int = 20, chunk_size: int | None = None, progress=None) -> torch.Tensor:
@@ -311,8 +318,8 @@ def propagate(image_emb, class_emb, k: int = 20, alpha: float = 0.99, project: b
     device = torch.device(device)
     if device.type == "mps":  # torch's sparse kernels do not run on MPS
         device = torch.device("cpu")
-    img = _as_float_tensor(image_emb, "image_emb", device)
-    cls = _as_float_tensor(class_emb, "class_emb", device)
+    img = check_tensor(image_emb, "image_emb", device)
+    cls = check_tensor(class_emb, "class_emb", device)
     if img.shape[1] != cls.shape[1]:
         raise ValueError(f"image_emb has dim {img.shape[1]} but class_emb has dim {cls.shape[1]}")
     if img.shape[0] < 1:

@@ -21,24 +21,34 @@ could not run here; each such place is named in :class:`ReCLIP`'s docstring.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..embed import PROGRESS_MIN, autocast_for, image_inputs
+from ..embed import autocast_for, encode_pixels, image_inputs, pixels_at, show_progress, warn_skipped
+from ..validation import (
+    check_callable,
+    check_int,
+    check_labels,
+    check_number,
+    check_strings,
+)
+from .base import Estimator, run_estimator
 from .graph import propagate
 
-__all__ = ["ReCLIP", "run_reclip", "visual_norm_parameters", "text_norm_parameters", "reference_epochs",
-           "default_schedule", "SMALL_MODEL_DIM"]
+__all__ = [
+    "SMALL_MODEL_DIM",
+    "ReCLIP",
+    "default_schedule",
+    "reference_epochs",
+    "run_reclip",
+    "text_norm_parameters",
+    "visual_norm_parameters",
+]
 
-_FORMAT = "modgap-reclip"
-_FORMAT_VERSION = 1
 _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)
 
 
@@ -113,28 +123,8 @@ def _freeze_all_but(model: torch.nn.Module, params) -> None:
         p.requires_grad_(True)
 
 
-def _positive_int(value, name):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name):
-    if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not value > 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _non_negative_float(value, name):
-    if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not value >= 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-class ReCLIP:
-    """ReCLIP as a scikit-learn style estimator.
+class ReCLIP(Estimator):
+    """ReCLIP as a scikit-learn estimator (see :class:`~modgap.adapt.base.Estimator`).
 
     Parameters
     ----------
@@ -177,8 +167,10 @@ class ReCLIP:
         Mixed precision (bf16, or fp16 with loss scaling) on CUDA; ignored
         elsewhere.
     callback : callable, optional
-        ``callback(row)`` after every evaluation, with that epoch's history row
-        as a dict (``history_`` already holds it), e.g. to redraw a plot.
+        ``callback(estimator, row)`` after every evaluation, with that
+        epoch's history row as a dict (``history_`` already holds it), e.g.
+        to redraw a plot; returning ``False`` stops the fit there, and the
+        model evaluated in that row is the result.
     progress : bool, optional
         Progress bars; ``None`` shows them for 2048 images or more.
 
@@ -269,88 +261,43 @@ class ReCLIP:
         self.amp = amp
         self.callback = callback
         self.progress = progress
-        self._check_params()
-
-    _PARAMS = ("classnames", "templates", "epochs", "batch_size", "lr_visual", "lr_text", "k", "alpha", "seed",
-               "momentum", "weight_decay", "logit_scale", "rank_cap", "max_iter", "tol", "eval_batch_size", "amp")
-
-    def get_params(self) -> dict:
-        """The constructor's settings (``clip``, ``callback`` and ``progress`` left out)."""
-        out = {}
-        for name in self._PARAMS:
-            v = getattr(self, name)
-            out[name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    def __repr__(self) -> str:
-        return (f"ReCLIP(clip={getattr(self.clip, 'name', self.clip)!r}, classes={len(self.classnames)}, "
-                f"epochs={self.epochs}, lr_visual={self.lr_visual}, lr_text={self.lr_text}, seed={self.seed})")
 
     # -- validation ------------------------------------------------------
-    def _check_params(self) -> None:
+    def _validate_params(self) -> None:
+        """Check the settings; the class names and templates the fit uses
+        go to ``classnames_`` and ``templates_``."""
         from ..models import Clip
 
         if not isinstance(self.clip, Clip):
             raise TypeError(f"clip must be a modgap.Clip (see modgap.load_model), got {type(self.clip).__name__}")
-        if isinstance(self.classnames, str) or not all(isinstance(c, str) for c in self.classnames):
-            raise TypeError("classnames must be a list of strings")
-        self.classnames = list(self.classnames)
-        if len(self.classnames) < 2:
-            raise ValueError(f"classnames must name at least 2 classes, got {len(self.classnames)}")
-        if len(set(self.classnames)) != len(self.classnames):
-            dup = sorted({c for c in self.classnames if self.classnames.count(c) > 1})
-            raise ValueError(f"classnames has duplicates: {dup}")
-        if isinstance(self.templates, str):
-            self.templates = [self.templates]
-        if not all(isinstance(t, str) for t in self.templates):
-            raise TypeError("templates must be a list of strings")
-        self.templates = list(self.templates)
-        if not self.templates:
-            raise ValueError("templates is empty")
-        for t in self.templates:
+        self.classnames_ = check_strings(self.classnames, "classnames", min_len=2, unique=True)
+        templates = [self.templates] if isinstance(self.templates, str) else self.templates
+        self.templates_ = check_strings(templates, "templates")
+        for t in self.templates_:
             if "{}" not in t:
-                raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
-        if self.epochs is not None and (not isinstance(self.epochs, (int, np.integer)) or
-                                        isinstance(self.epochs, bool) or self.epochs < 0):
-            raise ValueError(f"epochs must be a non-negative integer or None, got {self.epochs!r}")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.eval_batch_size, "eval_batch_size")
-        _positive_int(self.k, "k")
-        _positive_int(self.max_iter, "max_iter")
+                raise ValueError(f"templates: {t!r} has no '{{}}' where the class name goes")
+        check_int(self.epochs, "epochs", min_value=0, allow_none=True)
+        for name in ("batch_size", "eval_batch_size", "k", "max_iter"):
+            check_int(getattr(self, name), name)
         for name in ("lr_visual", "lr_text"):
-            if getattr(self, name) is not None:
-                _non_negative_float(getattr(self, name), name)
-        _non_negative_float(self.momentum, "momentum")
-        _non_negative_float(self.weight_decay, "weight_decay")
-        _non_negative_float(self.tol, "tol")
-        _positive_float(self.logit_scale, "logit_scale")
-        if not isinstance(self.alpha, (int, float, np.floating)) or isinstance(self.alpha, bool) \
-                or not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be a number strictly between 0 and 1, got {self.alpha!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.rank_cap != "auto" and self.rank_cap is not None:
-            _positive_int(self.rank_cap, "rank_cap")
-        if self.callback is not None and not callable(self.callback):
-            raise TypeError(f"callback must be callable, got {type(self.callback).__name__}")
+            check_number(getattr(self, name), name, low=0.0, allow_none=True)
+        for name in ("momentum", "weight_decay", "tol"):
+            check_number(getattr(self, name), name, low=0.0)
+        check_number(self.logit_scale, "logit_scale", low=0.0, low_open=True)
+        check_number(self.alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
+        check_int(self.seed, "seed", min_value=None)
+        if self.rank_cap != "auto":
+            check_int(self.rank_cap, "rank_cap", allow_none=True)
+        check_callable(self.callback, "callback")
 
     def _check_labels(self, labels, n):
         if labels is None:
             return None
-        arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        if arr.ndim != 1 or len(arr) != n:
-            raise ValueError(f"labels must be a 1-D array with one entry per image ({n}), got shape {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"labels must be integer class indices, got dtype {arr.dtype}")
-        c = len(self.classnames)
-        if arr.size and (arr.min() < 0 or arr.max() >= c):
-            raise ValueError(f"labels must lie in [0, {c}) (one index per class name), "
-                             f"got values from {arr.min()} to {arr.max()}")
-        return arr.astype(np.int64)
+        return check_labels(labels, n, len(self.classnames_), "labels")
 
     def _resolved_rank_cap(self):
         if self.rank_cap == "auto":
-            return 250 if len(self.classnames) > 500 else None
+            return 250 if len(self.classnames_) > 500 else None
         return self.rank_cap
 
     # -- pieces ----------------------------------------------------------
@@ -359,70 +306,22 @@ class ReCLIP:
         return self.clip.device
 
     def _autocast(self):
-        if self.amp and self.device.type == "cuda":
-            return autocast_for(self.device)
-        return contextlib.nullcontext()
+        return autocast_for(self.device, bool(self.amp))
 
-    def _pixels(self, kind, items, idx, unreadable=None) -> torch.Tensor | None:
-        """The preprocessed images at positions ``idx``, on the device.
-
-        With a list ``unreadable``, files that cannot be decoded are left out
-        of the batch and their positions appended to it (``None`` if none of
-        the batch decodes); without one, such a file raises.
-        """
-        idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
-        if kind == "uint8":
-            sub = items[np.asarray(idx, dtype=np.int64)]
-        elif kind == "tensor":
-            return items[torch.as_tensor(idx, dtype=torch.long, device=items.device)].to(self.device).float()
-        elif kind == "paths":
-            from ..data.files import read_image, read_images
-
-            if unreadable is None:
-                sub = [read_image(items[i]) for i in idx]
-            else:
-                sub, bad = read_images([items[i] for i in idx])
-                unreadable.extend(idx[b] for b in bad)
-                if not sub:
-                    return None
-            kind = "pil"
-        else:
-            sub = [items[i] for i in idx]
-        return next(iter(self.clip._image_batches(kind, sub, len(sub))))
-
-    @torch.no_grad()
-    def _features(self, model, kind, items, desc, show, unreadable=None) -> torch.Tensor:
+    def _features(self, model, kind, items, desc, show, skipped=None) -> torch.Tensor:
         """Normalised image features ``[N, D]`` (rows of unreadable files left
-        out when a list ``unreadable`` collects their positions)."""
-        from tqdm.auto import tqdm
-
-        model.eval()
-        n = len(items)
-        out = []
-        for s in tqdm(range(0, n, self.eval_batch_size), desc=desc, disable=not show, leave=False):
-            x = self._pixels(kind, items, range(s, min(n, s + self.eval_batch_size)), unreadable)
-            if x is None:
-                continue
-            with self._autocast():
-                f = model.encode_image(x)
-            out.append(f.float())
-        if not out:
-            return torch.empty(0, self.clip.embed_dim, device=self.device)
-        return F.normalize(torch.cat(out), dim=-1)
+        out when a list ``skipped`` collects their positions)."""
+        f = encode_pixels(self.clip, kind, items, model=model, batch_size=self.eval_batch_size, progress=show,
+                          desc=desc, amp=bool(self.amp), skipped=skipped)
+        return F.normalize(f, dim=-1)
 
     @staticmethod
-    def _drop_unreadable(items, unreadable, where, stacklevel=3) -> tuple[list, np.ndarray]:
-        """``items`` without the positions in ``unreadable`` (one warning names
+    def _drop_unreadable(items, skipped, where, stacklevel=3) -> tuple[list, np.ndarray]:
+        """``items`` without the positions in ``skipped`` (one warning names
         those files), and those positions, sorted."""
-        from ..data.files import warn_unreadable
-
-        bad = np.asarray(sorted(unreadable or ()), dtype=np.int64)
+        bad = warn_skipped(items, skipped, where, stacklevel=stacklevel + 1)
         if not len(bad):
             return items, bad
-        if len(bad) == len(items):
-            raise ValueError(f"{where}: none of the {len(items)} image files could be read")
-        warn_unreadable([items[i] for i in bad], len(items), where, "; their rows are left out",
-                        stacklevel=stacklevel)
         keep = np.setdiff1d(np.arange(len(items)), bad)
         return [items[i] for i in keep], bad
 
@@ -454,22 +353,22 @@ class ReCLIP:
             with them. (An ImageSet's own labels are not read; pass
             ``labels=ds.labels`` to monitor.)
         """
-        import pandas as pd
         from tqdm.auto import tqdm
 
         from ..metrics import centroid_distance
 
-        self._check_params()
+        self._validate_params()
+        classnames, templates = self.classnames_, self.templates_
         kind, items = image_inputs(images)
         y = self._check_labels(labels, len(items))
-        c = len(self.classnames)
+        c = len(classnames)
         self._check_graph_size(len(items), c)
-        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        show = show_progress(self.progress, len(items))
         device = self.device
         base = self.clip.model
-        tok_all = self.clip.tokenize([t.format(cn) for cn in self.classnames for t in self.templates]).to(device)
-        tok_first = self.clip.tokenize([self.templates[0].format(cn) for cn in self.classnames]).to(device)
-        n_t = len(self.templates)
+        tok_all = self.clip.tokenize([t.format(cn) for cn in classnames for t in templates]).to(device)
+        tok_first = self.clip.tokenize([templates[0].format(cn) for cn in classnames]).to(device)
+        n_t = len(templates)
         # the frozen features are the first pass over the images: files that cannot be
         # decoded are found there and left out of the whole fit
         unreadable = [] if kind == "paths" else None
@@ -510,7 +409,8 @@ class ReCLIP:
         scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
 
         gen = torch.Generator().manual_seed(int(self.seed))
-        self.history_ = None
+        for stale in ("history_", "visual_model_"):
+            self.__dict__.pop(stale, None)
         rows = []
         train_stats = {}
         bar = tqdm(range(epochs + 1), desc="ReCLIP", disable=not show)
@@ -529,13 +429,9 @@ class ReCLIP:
             logits_t = scale * f0 @ t_first.T
             row = self._row(epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all,
                             centroid_distance, train_stats)
-            rows.append(row)
-            self.history_ = pd.DataFrame(rows)
             if show:
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
-            if self.callback is not None:
-                self.callback(dict(row))
-            if epoch == epochs:
+            if not self._report(rows, row) or epoch == epochs:
                 break
             # (3) one training pass on the images where the branches agree
             train_stats = self._train_pass(v_model, t_model, opt_v, opt_t, scaler, kind, items, f0, centroids,
@@ -608,7 +504,7 @@ class ReCLIP:
             trained += len(sel)
             sel_dev = sel.to(f0.device)
             # ReCLIP-V: its image encoder against the centroid classifier
-            x = self._pixels(kind, items, sel)
+            x, _ = pixels_at(self.clip, kind, items, sel)
             with torch.enable_grad():
                 with self._autocast():
                     feat = v_model.encode_image(x)
@@ -641,9 +537,20 @@ class ReCLIP:
             opt.step()
 
     # -- predict ---------------------------------------------------------
-    def _check_fitted(self):
-        if not hasattr(self, "visual_model_"):
-            raise RuntimeError("this ReCLIP is not fitted yet; call fit(images) first (or ReCLIP.load(path, clip))")
+    _fitted_attr = "visual_model_"
+    _saved_arrays = ("centroids_", "text_classifier_", "text_class_embeddings_", "class_embeddings_")
+    _saved_scalars = ("classnames_", "templates_", "epochs_", "lr_visual_", "lr_text_")
+
+    def fitted_models(self) -> dict:
+        """``{"visual": ReCLIP-V's model, "text": ReCLIP-T's model}``."""
+        self._check_fitted()
+        return {"visual": self.visual_model_, "text": self.text_model_}
+
+    def _restore_models(self, models: dict) -> None:
+        self.visual_model_, self.text_model_ = models["visual"], models["text"]
+
+    def _suffix(self, model_name: str) -> str:
+        return f"reclip-{model_name}"
 
     def predict_logits(self, images, branch: str = "both") -> np.ndarray:
         """Logits ``[N, C]``: ``0.5 * (logits_T + logits_V)`` for
@@ -660,7 +567,7 @@ class ReCLIP:
 
     def _logits(self, kind, items, branch, where) -> tuple[np.ndarray, np.ndarray]:
         """The logits of the readable images, and the positions of the others."""
-        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        show = show_progress(self.progress, len(items))
         scale = float(self.logit_scale)
         heads = []
         if branch in ("both", "visual"):
@@ -699,107 +606,12 @@ class ReCLIP:
         if branch not in ("visual", "text"):
             raise ValueError(f"branch must be 'visual' or 'text', got {branch!r}")
         kind, items = image_inputs(images)
-        show = (len(items) >= PROGRESS_MIN) if self.progress is None else bool(self.progress)
+        show = show_progress(self.progress, len(items))
         model = self.visual_model_ if branch == "visual" else self.text_model_
         unreadable = [] if kind == "paths" else None
         f = self._features(model, kind, items, "features", show, unreadable)
         self._drop_unreadable(items, unreadable, "ReCLIP.encode_images")
         return f.cpu().numpy()
-
-    def as_clip(self, branch: str = "visual"):
-        """One trained branch as a :class:`modgap.Clip`, for the rest of modgap
-        (metrics, plots); ``"visual"`` (ReCLIP-V) or ``"text"`` (ReCLIP-T)."""
-        self._check_fitted()
-        if branch not in ("visual", "text"):
-            raise ValueError(f"branch must be 'visual' or 'text', got {branch!r}")
-        from ..models import Clip
-
-        model = self.visual_model_ if branch == "visual" else self.text_model_
-        return Clip(model, self.clip.preprocess, self.clip.tokenizer, device=self.device,
-                    name=f"{self.clip.name}+reclip-{branch}")
-
-    # -- save / load -----------------------------------------------------
-    def save(self, path, overwrite: bool = False) -> Path:
-        """Write the fitted state to the folder ``path``: ``visual_model.safetensors``
-        and ``text_model.safetensors`` (each branch's full open_clip state
-        dict), ``classifier.safetensors`` (centroids and text classifiers),
-        ``reclip.json`` (settings, class names, templates) and ``history.csv``.
-        Existing files are kept unless ``overwrite=True``."""
-        self._check_fitted()
-        from safetensors.torch import save_file
-
-        from ..io import _tmp_beside, atomic_write_text, save_state_dict
-
-        path = Path(path).expanduser()
-        names = ["visual_model.safetensors", "text_model.safetensors", "classifier.safetensors",
-                 "reclip.json", "history.csv"]
-        if not overwrite:
-            existing = [n for n in names if (path / n).exists()]
-            if existing:
-                raise FileExistsError(f"{path} already holds {existing}; pass overwrite=True to replace them")
-        path.mkdir(parents=True, exist_ok=True)
-        save_state_dict(self.visual_model_, path / names[0], overwrite=True)
-        save_state_dict(self.text_model_, path / names[1], overwrite=True)
-        tensors = {k: torch.as_tensor(getattr(self, k)).contiguous() for k in
-                   ("centroids_", "text_classifier_", "text_class_embeddings_", "class_embeddings_")}
-        tmp = _tmp_beside(path / names[2], ".tmp")
-        try:
-            save_file(tensors, tmp, metadata={"format": _FORMAT})
-            import os
-
-            os.replace(tmp, path / names[2])
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "model": self.clip.name,
-                "embed_dim": int(self.centroids_.shape[1]), "epochs_run": int(self.epochs_),
-                "lr_visual_run": self.lr_visual_, "lr_text_run": self.lr_text_,
-                "params": self.get_params()}
-        atomic_write_text(path / names[3], json.dumps(meta, indent=2))
-        atomic_write_text(path / names[4], self.history_.to_csv(index=False))
-        return path
-
-    @classmethod
-    def load(cls, path, clip) -> ReCLIP:
-        """A fitted ReCLIP from a folder :meth:`save` wrote.
-
-        ``clip`` must be the same architecture the folder was fitted from (its
-        preprocessing and tokenizer are used, and its model is copied as the
-        frame the saved weights are loaded into; it is not modified).
-        """
-        import pandas as pd
-        from safetensors.torch import load_file
-
-        path = Path(path).expanduser()
-        meta_file = path / "reclip.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no reclip.json; is it a folder ReCLIP.save wrote?")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{meta_file} is not a modgap ReCLIP file (format {meta.get('format')!r})")
-        if meta.get("version", 0) > _FORMAT_VERSION:
-            raise ValueError(f"{meta_file} was written by a newer modgap (version {meta['version']})")
-        est = cls(clip, **meta["params"])
-        models = []
-        for fname in ("visual_model.safetensors", "text_model.safetensors"):
-            model = copy.deepcopy(clip.model)
-            state = load_file(str(path / fname), device="cpu")
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise ValueError(f"{path / fname} does not fit the architecture of clip {clip.name!r} "
-                                 f"(fitted from {meta.get('model')!r}): {str(e).splitlines()[0]}") from e
-            models.append(model.to(clip.device).eval().requires_grad_(False))
-        est.visual_model_, est.text_model_ = models
-        tensors = load_file(str(path / "classifier.safetensors"), device="cpu")
-        for k, v in tensors.items():
-            setattr(est, k, v.numpy())
-        est.epochs_ = meta.get("epochs_run")
-        est.lr_visual_ = meta.get("lr_visual_run")
-        est.lr_text_ = meta.get("lr_text_run")
-        hist = path / "history.csv"
-        est.history_ = pd.read_csv(hist) if hist.is_file() else None
-        return est
 
 
 def run_reclip(clip, data, labels=None, classnames=None, templates=None, out=None, overwrite=False,
@@ -825,10 +637,7 @@ def run_reclip(clip, data, labels=None, classnames=None, templates=None, out=Non
     with the end.
     """
     from ..data.containers import ImageSet
-    from ..models import load_model
 
-    if isinstance(clip, str):
-        clip = load_model(clip)
     if isinstance(data, ImageSet):
         classnames = data.classnames if classnames is None else classnames
         templates = data.templates if templates is None else templates
@@ -837,8 +646,5 @@ def run_reclip(clip, data, labels=None, classnames=None, templates=None, out=Non
         raise ValueError("classnames is required unless data is an ImageSet that names its classes")
     if templates is None or len(templates) == 0:
         templates = ("a photo of a {}.",)
-    est = ReCLIP(clip, classnames, templates, **params)
-    est.fit(data, labels=labels)
-    if out is not None:
-        est.save(out, overwrite=overwrite)
-    return est
+    return run_estimator(ReCLIP, clip, (data,), {"labels": labels}, out=out, overwrite=overwrite,
+                         classnames=classnames, templates=templates, **params)

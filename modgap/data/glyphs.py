@@ -153,9 +153,9 @@ def render_glyphs(scenes: dict, domain: str, rng: np.random.Generator, image_siz
     fg = np.where(grey[:, None], grey_fg, fg).astype(np.float32)
     bg = None
     if grey.any():
-        from .render import _photo_background
+        from .render import photo_background
 
-        bg = _photo_background(rng, n, image_size, image_size)
+        bg = photo_background(rng, n, image_size, image_size)
         flat = np.broadcast_to(grey_bg[:, None, None, :], bg.shape)
         bg = np.where(grey[:, None, None, None], flat, bg).astype(np.float32)
     return compose(fill, edge, fg, domain, rng, bg=bg, params=params, set_name="glyphs")

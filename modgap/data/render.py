@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLORS", "DOMAINS", "DOMAIN_PARAMS", "domain_params", "compose", "to_uint8"]
+__all__ = ["COLORS", "DOMAINS", "DOMAIN_PARAMS", "compose", "domain_params", "photo_background", "to_uint8"]
 
 # name -> RGB in [0, 1]
 COLORS = {
@@ -68,7 +68,7 @@ def _noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return noise
 
 
-def _photo_background(rng: np.random.Generator, n: int, h: int, w: int, light=(0.5, 0.95)):
+def photo_background(rng: np.random.Generator, n: int, h: int, w: int, light=(0.5, 0.95)):
     """Smooth lit backgrounds: a grey level, a linear gradient and a slight tint."""
     base = rng.uniform(*light, size=(n, 1, 1, 1)).astype(np.float32)
     tint = rng.uniform(-0.05, 0.05, size=(n, 1, 1, 3)).astype(np.float32)
@@ -124,7 +124,7 @@ def compose(
         img = img + _noise(rng, img.shape, 0.01)
         return to_uint8(img)
     if bg is None:
-        bg = _photo_background(rng, n, h, w)
+        bg = photo_background(rng, n, h, w)
     a = fill[..., None]
     img = bg * (1 - a)
     img += fg * a

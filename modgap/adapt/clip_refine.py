@@ -7,7 +7,7 @@ code GitHub ``yshinya6/clip-refine``.
 
 >>> ref = CLIPRefine(clip, method="clip-refine").fit(pairs)   # doctest: +SKIP
 >>> ref.history_.plot(x="step", y="centroid_distance")         # doctest: +SKIP
->>> ref.clip_.encode_images(images)                             # doctest: +SKIP
+>>> ref.to_clip().encode_images(images)                         # doctest: +SKIP
 
 Methods (``method=``) and the loss each one minimises:
 
@@ -40,17 +40,24 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
+from ..embed import image_inputs, pixels_at
+from ..validation import (
+    check_callable,
+    check_choice,
+    check_fraction_or_count,
+    check_int,
+    check_number,
+)
+from .base import SCHEDULES, Estimator, learning_rate_at, run_estimator
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references
 
 __all__ = [
-    "CLIPRefine", "RefineObjective", "refine", "METHODS", "default_hyperparameters", "auto_temperature",
-    "SMALL_MODEL_PARAMS", "SCHEDULES",
+    "CLIPRefine", "RefineObjective", "run_refine", "METHODS", "default_hyperparameters", "auto_temperature",
+    "SMALL_MODEL_PARAMS",
 ]
 
 METHODS = ("clip-refine", "rafa", "hycd", "self-kd", "contrastive")
@@ -75,9 +82,6 @@ _LARGE = {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0, "tempe
 # less on the shifted domains than contrastive fine-tuning does.
 _SMALL = {"lr": 5e-4, "batch_size": 128, "epochs": 2, "temperature": "auto", "temperature_factor": 1.5,
           "lambda_rafa": 6.0, "warmup": 0, "schedule": "cosine"}
-
-SCHEDULES = ("constant", "cosine")
-
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -193,7 +197,7 @@ class RefineObjective(torch.nn.Module):
         return terms
 
 
-class CLIPRefine:
+class CLIPRefine(Estimator):
     """Post-pre-train a CLIP model to shrink its modality gap (scikit-learn
     style: parameters in the constructor, :meth:`fit`, learned state in
     attributes ending in ``_``).
@@ -263,11 +267,9 @@ class CLIPRefine:
     Attributes
     ----------
     model_ : open_clip CLIP
-        The refined model, in eval mode; save it with
-        ``modgap.io.save_state_dict`` or :meth:`save`, and load the file
-        with ``modgap.load_model("ARCH:/path/file.safetensors")``.
-    clip_ : modgap.Clip
-        ``model_`` with the original preprocessing and tokenizer.
+        The refined model, in eval mode; :meth:`to_clip` wraps it as a
+        :class:`modgap.Clip`, :meth:`save` writes it with the fit, and
+        ``modgap.load_model(folder)`` loads it back.
     history_ : pandas.DataFrame
         One row per logging step: ``step``, ``epoch``, ``pairs_seen``, the
         mean of each loss term since the previous row and their weighted sum
@@ -292,7 +294,8 @@ class CLIPRefine:
                  alpha: float = 0.5, temperature=None, lambda_rafa: float | None = None,
                  lambda_kd: float = 1.0, lambda_contrastive: float | None = None,
                  rafa_normalize: bool = False, warmup=None, schedule: str | None = None, holdout=256,
-                 log_every: int | None = None, seed: int = 0, device=None, progress: bool = True):
+                 log_every: int | None = None, seed: int = 0, device=None, progress: bool = True,
+                 callback=None):
         self.clip = clip
         self.method = method
         self.epochs = epochs
@@ -312,56 +315,33 @@ class CLIPRefine:
         self.seed = seed
         self.device = device
         self.progress = progress
-
-    def __repr__(self) -> str:
-        return f"CLIPRefine(method={self.method!r}, epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr})"
+        self.callback = callback
 
     # -- parameters --------------------------------------------------------
-    def _validate(self) -> None:
+    def _validate_params(self) -> None:
         from ..models import Clip
 
         if not isinstance(self.clip, Clip):
             raise TypeError(f"clip must be a modgap.Clip (from modgap.load_model), got {type(self.clip).__name__}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        if self.batch_size is not None and self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (the losses compare pairs), got {self.batch_size}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number or None, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
-        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        t = self.temperature
-        if not (t is None or t == "auto" or (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0)):
-            raise ValueError(f"temperature must be a positive number, 'auto' or None, got {t!r}")
-        for name in ("lambda_rafa", "lambda_kd"):
-            v = getattr(self, name)
-            if v is None and name == "lambda_rafa":
-                continue
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-        lc = self.lambda_contrastive
-        if lc is not None and not (isinstance(lc, (int, float)) and lc >= 0):
-            raise ValueError(f"lambda_contrastive must be a non-negative number or None, got {lc!r}")
-        w = self.warmup
-        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float, np.integer)) or w < 0 or (
-                isinstance(w, float) and w >= 1)):
-            raise ValueError(f"warmup must be None, a step count >= 0 or a fraction in [0, 1), got {w!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {self.schedule!r}")
-        h = self.holdout
-        if isinstance(h, bool) or not isinstance(h, (int, float, np.integer)) or h < 0 or (
-                isinstance(h, float) and h >= 1):
-            raise ValueError(f"holdout must be a count >= 0 or a fraction in [0, 1), got {h!r}")
-        if self.log_every is not None and (not isinstance(self.log_every, int) or self.log_every < 1):
-            raise ValueError(f"log_every must be a positive integer or None, got {self.log_every!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_choice(self.method, "method", METHODS)
+        check_int(self.epochs, "epochs", allow_none=True)
+        check_int(self.batch_size, "batch_size", min_value=2, allow_none=True)
+        check_number(self.lr, "lr", low=0.0, low_open=True, allow_none=True)
+        check_number(self.weight_decay, "weight_decay", low=0.0)
+        check_number(self.alpha, "alpha", low=0.0, high=1.0)
+        if self.temperature not in (None, "auto"):
+            check_number(self.temperature, "temperature", low=0.0, low_open=True)
+        check_number(self.lambda_rafa, "lambda_rafa", low=0.0, allow_none=True)
+        check_number(self.lambda_kd, "lambda_kd", low=0.0)
+        check_number(self.lambda_contrastive, "lambda_contrastive", low=0.0, allow_none=True)
+        if self.warmup is not None:
+            check_fraction_or_count(self.warmup, "warmup")
+        if self.schedule is not None:
+            check_choice(self.schedule, "schedule", SCHEDULES)
+        check_fraction_or_count(self.holdout, "holdout")
+        check_int(self.log_every, "log_every", allow_none=True)
+        check_int(self.seed, "seed", min_value=None)
+        check_callable(self.callback, "callback")
 
     def _split(self, pairs, eval_pairs):
         from ..data.containers import PairSet
@@ -385,7 +365,7 @@ class CLIPRefine:
         return pairs.subset(np.sort(perm[k:])), pairs.subset(np.sort(perm[:k]))
 
     # -- fitting -----------------------------------------------------------
-    def fit(self, pairs, eval_pairs=None, callback: Callable | None = None) -> CLIPRefine:
+    def fit(self, pairs, eval_pairs=None) -> CLIPRefine:
         """Refine a copy of the model on image-caption ``pairs``.
 
         Every epoch visits the pairs in a new random order, drawing one of
@@ -399,21 +379,15 @@ class CLIPRefine:
             Pairs on which to measure the centroid distance as training goes
             (with each image's first caption); by default ``holdout`` pairs
             are set aside from ``pairs``.
-        callback : callable, optional
-            ``callback(record, estimator)`` after every step; ``record`` is a
-            dict with ``step``, ``epoch``, ``lr``, each loss term and
-            ``loss`` for that step, and ``centroid_distance`` on the steps
-            where it was measured (for live plots). Returning ``False``
-            stops training after that step.
         """
         from tqdm.auto import tqdm
 
         from ..data.files import warn_unreadable
         from ..models import Clip, pick_device
 
-        self._validate()
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        self._validate_params()
+        for stale in ("history_", "model_"):
+            self.__dict__.pop(stale, None)
         train, held = self._split(pairs, eval_pairs)
         held_unread, unread = [], []
         if held is not None:
@@ -449,7 +423,7 @@ class CLIPRefine:
             student.logit_scale.requires_grad_(False)
         if getattr(student, "logit_bias", None) is not None:
             student.logit_bias.requires_grad_(False)
-        kind, items = _pixel_source(train)
+        kind, items = image_inputs(train)
         temperature = self.temperature if self.temperature is not None else hp["temperature"]
         factor = hp["temperature_factor"] if self.temperature is None else 1.0
         if temperature == "auto":
@@ -465,8 +439,6 @@ class CLIPRefine:
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr_, weight_decay=float(self.weight_decay))
         probe = Clip(student, clip.preprocess, clip.tokenizer, device=device, name=f"{clip.name} (training)")
-        self.model_ = student
-        self.clip_ = clip.with_model(student, name=f"{clip.name}+{self.method}")
 
         fork = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
@@ -476,24 +448,25 @@ class CLIPRefine:
             torch.manual_seed(int(self.seed))
             gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
             rng = np.random.default_rng(int(self.seed))
-            rows.append(self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
-            step, seen, stop = 0, 0, False
+            stop = not self._report(rows, self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
+            step, seen, epoch, lr = 0, 0, 0, float("nan")
             bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step", disable=not self.progress)
             try:
-                for epoch in range(self.epochs_):
+                for epoch in range(0 if stop else self.epochs_):
                     order = rng.permutation(n)
                     for b in range(per_epoch):
                         idx = order[b * bs:(b + 1) * bs]
                         captions = train.sample_captions(idx, rng)
-                        pixels, kept = _batch_pixels(clip, kind, items, idx, unread)
+                        pixels, kept = pixels_at(clip, kind, items, idx)
                         if len(kept) < len(idx):
+                            unread.extend(items[idx[j]] for j in np.setdiff1d(np.arange(len(idx)), kept))
                             captions = [captions[j] for j in kept]
                             if len(kept) < 2:
                                 bar.update(1)
                                 continue
                         pixels = pixels.to(device)
                         tokens = clip.tokenize(captions).to(device)
-                        lr = self._lr_at(step)
+                        lr = learning_rate_at(step, total, self.lr_, self.warmup_, self.schedule_)
                         for group in opt.param_groups:
                             group["lr"] = lr
                         student.train()
@@ -508,25 +481,22 @@ class CLIPRefine:
                         seen += len(captions)
                         values = {k: float(v.detach()) for k, v in terms.items()}
                         window.append(values)
-                        record = {"step": step, "epoch": epoch, "lr": lr, **values}
+                        bar.update(1)
                         if step % log_every == 0 or step == total:
                             gap = _gap(probe, held)
                             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                            rows.append(self._row(step, epoch, seen, mean, gap, t0, student, lr))
-                            record["centroid_distance"] = gap
                             window = []
                             bar.set_postfix(loss=f"{values['loss']:.3f}", gap=f"{gap:.3f}")
-                        bar.update(1)
-                        if callback is not None and callback(record, self) is False:
-                            stop = True
-                            break
+                            if not self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr)):
+                                stop = True
+                                break
                     if stop:
                         break
             finally:
                 bar.close()
             if window:
                 mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rows.append(self._row(step, epoch, seen, mean, _gap(probe, held), t0, student, lr))
+                self._report(rows, self._row(step, epoch, seen, mean, _gap(probe, held), t0, student, lr))
 
         student.eval()
         student.requires_grad_(False)
@@ -535,19 +505,8 @@ class CLIPRefine:
         warn_unreadable(unread, len(train), "CLIPRefine.fit",
                         "; their pairs were left out of every batch that drew them", stacklevel=2)
         self.skipped_files_ = held_unread + unread
-        self.history_ = pd.DataFrame(rows)
+        self.model_ = student
         return self
-
-    def _lr_at(self, step: int) -> float:
-        """The learning rate of optimiser step ``step`` (counting from 0):
-        a linear ramp over the first ``warmup_`` steps, then constant or a
-        cosine decay towards zero at ``total_steps_``."""
-        if step < self.warmup_:
-            return self.lr_ * (step + 1) / (self.warmup_ + 1)
-        if self.schedule_ == "cosine":
-            done = (step - self.warmup_) / max(1, self.total_steps_ - self.warmup_)
-            return self.lr_ * 0.5 * (1.0 + math.cos(math.pi * done))
-        return self.lr_
 
     def _row(self, step, epoch, seen, losses, gap, t0, student, lr) -> dict:
         row = {"step": step, "epoch": epoch, "pairs_seen": seen}
@@ -560,48 +519,33 @@ class CLIPRefine:
         return row
 
     # -- after fitting -----------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise RuntimeError("this CLIPRefine is not fitted yet; call fit(pairs) first")
+    _fitted_attr = "model_"
 
-    def save(self, path, overwrite: bool = False):
-        """Write the refined weights (``.safetensors`` or a torch file); load
-        them with ``modgap.load_model("ARCH:/path")``."""
-        from ..io import save_state_dict
-
+    def fitted_models(self) -> dict:
+        """``{"model": the refined model}``."""
         self._check_fitted()
-        return save_state_dict(self.model_, path, overwrite=overwrite)
+        return {"model": self.model_}
+
+    def _restore_models(self, models: dict) -> None:
+        self.model_ = models["model"]
+
+    def _suffix(self, model_name: str) -> str:
+        return self.method
 
 
-def refine(clip, pairs, method: str = "clip-refine", out=None, overwrite: bool = False, eval_pairs=None,
-           **params) -> CLIPRefine:
-    """Fit a :class:`CLIPRefine` and, when ``out`` is given, write its
-    weights there (``.safetensors`` or a torch file) and its history beside
-    them (same name, ``.history.csv``). The front door of ``modgap refine``.
+def run_refine(clip, pairs, method: str = "clip-refine", out=None, overwrite: bool = False, eval_pairs=None,
+               **params) -> CLIPRefine:
+    """Fit a :class:`CLIPRefine` in one call and, when ``out`` is given,
+    save it there (:meth:`CLIPRefine.save`): the front door of
+    ``modgap refine``, as :func:`~modgap.adapt.reclip.run_reclip` is of
+    ``modgap reclip``.
 
     ``clip`` may be a :class:`modgap.Clip` or a spec for
     :func:`modgap.load_model`; ``params`` go to :class:`CLIPRefine`.
     Returns the fitted estimator.
     """
-    from pathlib import Path
-
-    from ..models import load_model
-
-    if isinstance(clip, str):
-        clip = load_model(clip)
-    if out is not None:
-        out = Path(out).expanduser()
-        history = out.with_suffix(".history.csv")
-        for path in (out, history):
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    est = CLIPRefine(clip, method=method, **params).fit(pairs, eval_pairs=eval_pairs)
-    if out is not None:
-        from ..io import atomic_write_text
-
-        est.save(out, overwrite=overwrite)
-        atomic_write_text(history, est.history_.to_csv(index=False))
-    return est
+    return run_estimator(CLIPRefine, clip, (pairs,), {"eval_pairs": eval_pairs}, out=out, overwrite=overwrite,
+                         method=method, **params)
 
 
 def auto_temperature(clip, pairs, n: int = 256) -> float:
@@ -627,37 +571,6 @@ def _norm_product_temperature(clip, pairs) -> float:
     img = clip.encode_images(pairs, normalize=False, progress=False)
     txt = clip.encode_texts(pairs.first_captions(), normalize=False, progress=False)
     return float((img.norm(dim=-1) * txt.norm(dim=-1)).mean() / clip.logit_scale)
-
-
-def _pixel_source(pairs):
-    from ..embed import image_inputs
-
-    return image_inputs(pairs)
-
-
-def _batch_pixels(clip, kind: str, items, idx, unreadable: list) -> tuple[torch.Tensor | None, list[int]]:
-    """The preprocessed pixels of the images at ``idx``, on the clip's
-    device, and the positions in ``idx`` they come from: files that cannot
-    be decoded are left out and appended to ``unreadable`` (pixels are
-    ``None`` when none is left)."""
-    kept = list(range(len(idx)))
-    if kind == "uint8":
-        sub = items[idx]
-    elif kind == "tensor":
-        sub = items[torch.as_tensor(idx)]
-    elif kind == "paths":
-        from ..data.files import read_images
-
-        sub, bad = read_images([items[i] for i in idx])
-        if bad:
-            unreadable.extend(items[idx[j]] for j in bad)
-            kept = sorted(set(kept) - set(bad))
-        if not sub:
-            return None, kept
-        kind = "pil"
-    else:
-        sub = [items[i] for i in idx]
-    return next(iter(clip._image_batches(kind, sub, len(sub)))), kept
 
 
 def _readable_pairs(pairs, where: str | None):
