@@ -34,12 +34,12 @@ def test_imageset_of_paths_turns_strings_into_paths():
 
 
 def test_label_outside_the_class_list_is_named():
-    with pytest.raises(ValueError, match=r"'toy' \(/data/toy\): label 3 at index 2 is outside the class list "
-                                         r"of 3 classes \['circle', 'square', 'star'\]"):
+    with pytest.raises(ValueError, match=r"'toy' \(/data/toy\): label 3 at index 2 is outside 0..2 \(the 3 classes "
+                                         r"\['circle', 'square', 'star'\]\)"):
         ImageSet(pixels(4), [0, 1, 3, 0], CLASSES, name="toy", source="/data/toy")
     with pytest.raises(ValueError, match="label -1 at index 0"):
         ImageSet(pixels(2), [-1, 0], CLASSES)
-    with pytest.raises(ValueError, match="label 0 at index 0 is outside the class list of 0 classes"):
+    with pytest.raises(ValueError, match=r"label 0 at index 0 is outside 0..-1 \(the 0 classes"):
         ImageSet(pixels(2), [0, 0])
 
 
@@ -66,10 +66,10 @@ def test_empty_set_read_from_somewhere_names_it():
 
 
 @pytest.mark.parametrize("labels,match", [
-    ([0, 1], r"labels has shape \(2,\), expected \(3,\)"),
-    ([[0], [1], [2]], r"labels has shape \(3, 1\)"),
-    ([0.0, 1.0, 2.0], "labels must be integers"),
-    (["circle", "square", "star"], "labels must be integers"),
+    ([0, 1], r"labels of ImageSet 'images' must have one entry per image \(3\), got shape \(2,\)"),
+    ([[0], [1], [2]], r"labels of ImageSet 'images' must be a 1-D array of integers, got shape \(3, 1\)"),
+    ([0.0, 1.5, 2.0], "labels of ImageSet 'images' must hold integers"),
+    (["circle", "square", "star"], "labels of ImageSet 'images' must hold integers"),
 ])
 def test_bad_labels(labels, match):
     with pytest.raises(ValueError, match=match):
@@ -141,9 +141,9 @@ def test_pairset_errors(captions, match):
 
 
 def test_pairset_labels_are_checked():
-    with pytest.raises(ValueError, match="PairSet 'toy': label 5 at index 1 is outside the class list"):
+    with pytest.raises(ValueError, match="labels of PairSet 'toy': label 5 at index 1 is outside 0..2"):
         PairSet(pixels(2), ["a", "b"], name="toy", labels=[0, 5], classnames=CLASSES)
-    with pytest.raises(ValueError, match="labels has shape"):
+    with pytest.raises(ValueError, match=r"labels of PairSet 'pairs' must have one entry per image \(2\)"):
         PairSet(pixels(2), ["a", "b"], labels=[0], classnames=CLASSES)
 
 

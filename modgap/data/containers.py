@@ -19,20 +19,25 @@ __all__ = ["DEFAULT_TEMPLATES", "ImageSet", "PairSet"]
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
-def _check_images(images, name: str):
+def _check_images(images, name: str, source=None):
+    """The images as a uint8 array or a list of paths, never empty."""
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"{name}: images must be a uint8 array of shape [N, H, W, 3], "
                 f"got dtype {images.dtype} and shape {images.shape}"
             )
-        return images
-    if isinstance(images, (list, tuple)):
-        return [Path(p) if isinstance(p, str) else p for p in images]
-    raise TypeError(
-        f"{name}: images must be a uint8 array [N, H, W, 3] or a list of file paths, "
-        f"got {type(images).__name__}"
-    )
+    elif isinstance(images, (list, tuple)):
+        images = [Path(p) if isinstance(p, str) else p for p in images]
+    else:
+        raise TypeError(
+            f"{name}: images must be a uint8 array [N, H, W, 3] or a list of file paths, "
+            f"got {type(images).__name__}"
+        )
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty" + (f" (read from {source})" if source else "")
+                         + "; give it at least one image")
+    return images
 
 
 def _take(images, idx: np.ndarray):
@@ -67,21 +72,16 @@ class ImageSet:
     source: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        self.images = _check_images(self.images, f"ImageSet {self.name!r}")
+        self.images = _check_images(self.images, f"ImageSet {self.name!r}", self.source)
         n = len(self.images)
-        if n == 0:
-            raise ValueError(
-                f"ImageSet {self.name!r} is empty"
-                + (f" (read from {self.source})" if self.source else "")
-                + "; give it at least one image"
-            )
         self.classnames = list(self.classnames)
         self.templates = list(self.templates)
         for t in self.templates:
             if "{}" not in t:
                 raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
         if self.labels is not None:
-            self.labels = check_labels(self.labels, n, len(self.classnames), f"ImageSet {self.name!r}", context=self.source or "", classnames=self.classnames)
+            self.labels = check_labels(self.labels, n, len(self.classnames), f"labels of ImageSet {self.name!r}",
+                                       context=self.source or "", classnames=self.classnames)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -147,13 +147,8 @@ class PairSet:
     source: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        self.images = _check_images(self.images, f"PairSet {self.name!r}")
+        self.images = _check_images(self.images, f"PairSet {self.name!r}", self.source)
         n = len(self.images)
-        if n == 0:
-            raise ValueError(
-                f"PairSet {self.name!r} is empty"
-                + (f" (read from {self.source})" if self.source else "")
-            )
         caps = [[c] if isinstance(c, str) else list(c) for c in self.captions]
         if len(caps) != n:
             raise ValueError(
@@ -166,7 +161,8 @@ class PairSet:
         self.classnames = list(self.classnames)
         self.templates = list(self.templates)
         if self.labels is not None:
-            self.labels = check_labels(self.labels, n, len(self.classnames), f"PairSet {self.name!r}", context=self.source or "", classnames=self.classnames)
+            self.labels = check_labels(self.labels, n, len(self.classnames), f"labels of PairSet {self.name!r}",
+                                       context=self.source or "", classnames=self.classnames)
 
     def __len__(self) -> int:
         return len(self.images)
