@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from conftest import write_corrupt
 
 from modgap import data
+from modgap.adapt import reclip as reclip_mod
 from modgap.adapt.graph import (
     conjugate_gradient,
     knn_affinity,
     label_propagation,
     normalized_adjacency,
+    project_embeddings,
     projection,
     propagate,
 )
@@ -104,6 +106,22 @@ def test_projection_rejects_bad_input(bad, match):
 def test_projection_rejects_bad_rank_cap():
     with pytest.raises(ValueError, match="rank_cap"):
         projection(np.eye(4), rank_cap=0)
+
+
+def test_project_embeddings_are_the_features_the_graph_is_built_on():
+    images, classes, _ = clusters()
+    feats = project_embeddings(classes, classes)
+    torch.testing.assert_close(feats, unit(classes @ projection(classes)))
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(len(classes)))
+    res = propagate(images, classes, k=10)
+    torch.testing.assert_close(res.features, project_embeddings(torch.cat([classes, images]), classes))
+    # dropping the shared direction pulls the class embeddings apart
+    off = ~torch.eye(len(classes), dtype=torch.bool)
+    assert (feats @ feats.T)[off].mean() < (classes @ classes.T)[off].mean()
+    torch.testing.assert_close(project_embeddings(images.numpy(), classes.numpy(), rank_cap=3),
+                               unit(images @ projection(classes, rank_cap=3)))
+    with pytest.raises(ValueError, match="emb has dim 8 but class_emb has dim 16"):
+        project_embeddings(images[:, :8], classes)
 
 
 # -- graph and solver ---------------------------------------------------------
@@ -256,7 +274,13 @@ def make(clip, ds, **kw):
 @pytest.fixture(scope="module")
 def fitted(clip, target):
     rows = []
-    est = make(clip, target, callback=rows.append).fit(target, labels=target.labels)
+
+    def callback(est, row):
+        # history_ already holds the row the callback is given
+        assert est.history_.iloc[-1].to_dict() == pytest.approx(row, nan_ok=True)
+        rows.append(row)
+
+    est = make(clip, target, callback=callback).fit(target, labels=target.labels)
     return est, rows
 
 
@@ -318,15 +342,17 @@ def test_training_uses_only_images_where_the_branches_agree(clip, target, monkey
             trained.append([])
         return res
 
-    real_pixels = est._pixels
+    real_pixels = reclip_mod.pixels_at
 
-    def spy(kind, items, idx, *rest):
-        if torch.is_grad_enabled():  # the evaluation passes run without gradients
+    def spy(clip_, kind, items, idx, *rest, **kw):
+        # the module's own pixels_at serves the training steps only; the evaluation
+        # passes read their pixels through encode_pixels
+        if torch.is_grad_enabled():
             trained[-1].extend(int(i) for i in idx)
-        return real_pixels(kind, items, idx, *rest)
+        return real_pixels(clip_, kind, items, idx, *rest, **kw)
 
     monkeypatch.setattr(est, "_propagate", forced)
-    monkeypatch.setattr(est, "_pixels", spy)
+    monkeypatch.setattr(reclip_mod, "pixels_at", spy)
     est.fit(target)
     assert len(agreed) == 3 and trained[-1] == []
     assert agreed[0] == set(range(n // 2, n))  # the branches start out identical
@@ -363,14 +389,21 @@ def test_predict_is_the_average_of_the_branches(fitted, target):
 def test_save_and_load_round_trip(fitted, clip, target, tmp_path):
     est, _ = fitted
     est.save(tmp_path / "r")
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+        "estimator.json", "history.csv", "arrays.safetensors", "visual", "text"}
     with pytest.raises(FileExistsError, match="overwrite"):
         est.save(tmp_path / "r")
     loaded = ReCLIP.load(tmp_path / "r", clip)
+    assert loaded.clip is clip
     np.testing.assert_array_equal(loaded.predict_logits(target), est.predict_logits(target))
-    assert loaded.get_params() == est.get_params()
+    # the callback is a live object, not a setting: it is not saved
+    expected = {k: v for k, v in est.get_params().items() if k != "callback"}
+    assert {k: v for k, v in loaded.get_params().items() if k != "callback"} == expected
+    assert loaded.callback is None
     np.testing.assert_allclose(loaded.history_.acc, est.history_.acc)
-    sv = state(est.visual_model_)
-    assert all(torch.equal(v, sv[k]) for k, v in state(loaded.visual_model_).items())
+    for a, b in ((est.visual_model_, loaded.visual_model_), (est.text_model_, loaded.text_model_)):
+        sa = state(a)
+        assert all(torch.equal(v, sa[k]) for k, v in state(b).items())
 
 
 def test_load_rejects_another_architecture(fitted, tmp_path):
@@ -392,7 +425,25 @@ def test_run_reclip_takes_names_templates_and_labels_from_an_image_set(clip, tar
     est = run_reclip(clip, target, out=tmp_path / "out", epochs=1, k=5, batch_size=16, progress=False)
     assert est.classnames == list(target.classnames)
     assert est.history_.acc.notna().all()
-    assert (tmp_path / "out" / "reclip.json").is_file()
+    assert (tmp_path / "out" / "estimator.json").is_file()
+    assert (tmp_path / "out" / "visual" / "open_clip_model.safetensors").is_file()
+    assert len(ReCLIP.load(tmp_path / "out", clip).history_) == len(est.history_) == 2
+
+
+def test_run_reclip_checks_the_output_folder_before_any_work(clip, target, tmp_path, monkeypatch):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+
+    def never(self, *a, **kw):
+        raise AssertionError("fit ran before the output folder was checked")
+
+    monkeypatch.setattr(ReCLIP, "fit", never)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_reclip(clip, target, out=user, epochs=1, k=5, progress=False)
+    with pytest.raises(FileExistsError, match="estimator.json"):
+        run_reclip(clip, target, out=user, overwrite=True, epochs=1, k=5, progress=False)
+    assert (user / "notes.txt").read_text() == "keep me"
 
 
 def test_predict_before_fit_says_so(clip, target):
@@ -400,22 +451,44 @@ def test_predict_before_fit_says_so(clip, target):
         make(clip, target).predict(target)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(epochs=-1), "epochs"), (dict(batch_size=0), "batch_size"), (dict(alpha=0.0), "alpha"),
-    (dict(lr_visual=-1.0), "lr_visual"), (dict(k=0), "k must"), (dict(rank_cap=0), "rank_cap"),
-    (dict(templates=["no slot"]), "template"), (dict(classnames=["one"]), "at least 2"),
-    (dict(classnames=["a", "a"]), "duplicates"), (dict(callback=3), "callback"),
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(epochs=-1), ValueError, "epochs must be at least 0, got -1"),
+    (dict(batch_size=0), ValueError, "batch_size must be at least 1, got 0"),
+    (dict(alpha=0.0), ValueError, r"alpha must lie in \(0, 1\), got 0.0"),
+    (dict(lr_visual=-1.0), ValueError, r"lr_visual must lie in \[0, inf\), got -1.0"),
+    (dict(k=0), ValueError, "k must be at least 1"),
+    (dict(rank_cap=0), ValueError, "rank_cap must be at least 1"),
+    (dict(templates=["no slot"]), ValueError, "templates: 'no slot' has no"),
+    (dict(classnames=["one"]), ValueError, "classnames must hold at least 2"),
+    (dict(classnames=["a", "a"]), ValueError, "classnames has duplicates"),
+    (dict(callback=3), TypeError, "callback must be callable"),
+    (dict(batch_size=2.5), TypeError, "batch_size must be an integer, got 2.5"),
+    (dict(epochs=True), TypeError, "epochs must be an integer or None, got True"),
+    (dict(lr_text=True), TypeError, "lr_text must be a number or None, got True"),
+    (dict(alpha="0.5"), TypeError, "alpha must be a number"),
+    (dict(classnames="circle"), TypeError, "classnames must be a list of strings, got the single string"),
+    (dict(classnames=["a", 2]), TypeError, "classnames must hold strings only"),
 ])
-def test_reclip_rejects_bad_settings(clip, target, kw, match):
+def test_reclip_rejects_bad_settings_in_fit(clip, target, kw, error, match):
     args = dict(classnames=target.classnames, templates=target.templates, progress=False)
     args.update(kw)
-    with pytest.raises((ValueError, TypeError), match=match):
-        ReCLIP(clip, **args)
+    est = ReCLIP(clip, **args)  # the constructor only stores
+    for name, value in kw.items():
+        assert est.get_params()[name] is value
+    with pytest.raises(error, match=match):
+        est.fit(target)
+    assert not hasattr(est, "history_")
+
+
+def test_reclip_rejects_a_clip_that_is_not_one(clip, target):
+    with pytest.raises(TypeError, match="clip must be a modgap.Clip"):
+        ReCLIP(clip.model, target.classnames).fit(target)
 
 
 @pytest.mark.parametrize("labels, match", [
-    (np.zeros(3, dtype=int), "one entry per image"), (np.full(48, 9), r"\[0, 6\)"),
-    (np.zeros(48), "integer"),
+    (np.zeros(3, dtype=int), "one entry per image"),
+    (np.full(48, 9), r"label 9 at index 0 is outside 0\.\.5"),
+    (np.full(48, 0.5), "must hold integers"),
 ])
 def test_fit_rejects_bad_labels(clip, target, labels, match):
     with pytest.raises(ValueError, match=match):
@@ -489,5 +562,6 @@ def test_unreadable_files_are_left_out_of_fit_and_predict_with_one_warning(clip,
 
 def test_fit_on_files_none_of_which_decode_says_so(clip, target, tmp_path):
     paths = write_images(target, tmp_path / "bad", bad=range(len(target.labels)))
-    with pytest.raises(ValueError, match="none of the 48 image files could be read"):
+    with pytest.raises(ValueError, match="none of the 48 image files could be read"), \
+            pytest.warns(UserWarning, match="skipped 48 of 48"):
         make(clip, target).fit(paths)

@@ -13,8 +13,15 @@ from PIL import Image
 
 import modgap
 from modgap import data, zoo
-from modgap.adapt import refine as refine_mod
-from modgap.adapt.refine import CLIPRefine, RefineObjective, auto_temperature, default_hyperparameters, refine
+from modgap.adapt import clip_refine as refine_mod
+from modgap.adapt.base import learning_rate_at
+from modgap.adapt.clip_refine import (
+    CLIPRefine,
+    RefineObjective,
+    auto_temperature,
+    default_hyperparameters,
+    run_refine,
+)
 from modgap.embed import pixels_to_tensor
 
 
@@ -23,7 +30,8 @@ def tiny():
     zoo.register()
     torch.manual_seed(0)
     model = open_clip.create_model("modgap-tiny")
-    return modgap.Clip(model, tokenizer=open_clip.get_tokenizer("modgap-tiny"), device="cpu", name="tiny-random")
+    return modgap.Clip(model, tokenizer=open_clip.get_tokenizer("modgap-tiny"), device="cpu",
+                       name="tiny-random", config=open_clip.get_model_config("modgap-tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +62,24 @@ def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path)
     before = state(tiny.model)
     seen = []
 
-    def callback(record, est):
-        # the model in training is there to probe from the first step on
-        assert est.model_ is not tiny.model and est.clip_.model is est.model_
-        seen.append(record)
+    def callback(est, row):
+        # the estimator being fitted, its history_ already holding the row
+        assert est is ref
+        assert est.history_.iloc[-1].to_dict() == pytest.approx(row, nan_ok=True)
+        seen.append(row)
 
-    ref = small(tiny, method="clip-refine", log_every=1).fit(pairs, callback=callback)
+    ref = small(tiny, method="clip-refine", log_every=1, callback=callback)
+    assert ref.fit(pairs) is ref
     # the caller's model is untouched; the refined copy moved
     assert same_state(before, state(tiny.model))
     assert ref.model_ is not tiny.model
     assert not same_state(before, state(ref.model_))
     assert ref.n_steps_ == (56 - 8) // 16 == 3
     assert not ref.model_.training
-    # clip_ wraps the refined model with the original preprocessing and tokenizer
-    assert isinstance(ref.clip_, modgap.Clip) and ref.clip_.model is ref.model_
-    assert ref.clip_.preprocess is tiny.preprocess and ref.clip_.tokenizer is tiny.tokenizer
+    # to_clip wraps the refined model with the original preprocessing and tokenizer
+    refined = ref.to_clip()
+    assert isinstance(refined, modgap.Clip) and refined.model is ref.model_
+    assert refined.preprocess is tiny.preprocess and refined.tokenizer is tiny.tokenizer
     # history: row 0 before training, one row per step after it
     h = ref.history_
     assert list(h["step"]) == [0, 1, 2, 3]
@@ -82,23 +93,27 @@ def test_one_full_fit_refines_a_copy_and_logs_its_history(tiny, pairs, tmp_path)
     # the small model's default schedule: cosine from the peak over the 3 steps
     assert ref.schedule_ == "cosine" and ref.total_steps_ == 3
     np.testing.assert_allclose(h.loc[1:, "lr"], [1e-3, 0.75e-3, 0.25e-3], rtol=1e-9)
-    # the first gap is the untouched model's; the callback saw every step
-    probe = small(tiny, method="clip-refine").fit(pairs, callback=lambda rec, est: False)
+    # the first gap is the untouched model's (a fit stopped at row 0 takes no step);
+    # the callback saw row 0 and every step
+    probe = small(tiny, method="clip-refine", callback=lambda est, row: False).fit(pairs)
+    assert len(probe.history_) == 1 and probe.n_steps_ == 0
     assert probe.history_.loc[0, "centroid_distance"] == pytest.approx(h.loc[0, "centroid_distance"])
-    assert [r["step"] for r in seen] == [1, 2, 3]
+    assert [r["step"] for r in seen] == [0, 1, 2, 3]
     assert all({"loss", "rafa", "hycd", "centroid_distance", "lr"} <= set(r) for r in seen)
-    # saved weights load back through modgap.load_model
-    path = ref.save(tmp_path / "refined.safetensors")
-    loaded = modgap.load_model(f"modgap-tiny:{path}", device="cpu")
+    # the saved folder loads back through modgap.load_model
+    path = ref.save(tmp_path / "refined")
+    assert (path / "model" / "open_clip_config.json").is_file()
+    loaded = modgap.load_model(str(path), device="cpu")
     texts = pairs.first_captions()[:4]
-    torch.testing.assert_close(loaded.encode_texts(texts), ref.clip_.encode_texts(texts))
-    torch.testing.assert_close(loaded.encode_images(pairs.images[:4]), ref.clip_.encode_images(pairs.images[:4]))
+    torch.testing.assert_close(loaded.encode_texts(texts), refined.encode_texts(texts))
+    images = pairs.images[:4]
+    torch.testing.assert_close(loaded.encode_images(images), refined.encode_images(images))
 
 
 def test_callback_returning_false_stops_training(tiny, pairs):
-    ref = small(tiny, method="rafa", batch_size=8).fit(pairs, callback=lambda rec, est: rec["step"] < 2)
+    ref = small(tiny, method="rafa", batch_size=8, callback=lambda est, row: row["step"] < 2).fit(pairs)
     assert ref.n_steps_ == 2
-    assert ref.history_["step"].iloc[-1] == 2
+    assert list(ref.history_["step"]) == [0, 1, 2]
 
 
 def test_same_seed_same_weights_on_cpu_other_seed_other_weights(tiny, pairs):
@@ -227,9 +242,10 @@ def test_auto_temperature_is_the_norm_product_over_the_logit_scale(tiny, pairs):
 def test_warmup_ramps_the_learning_rate_then_holds_it(tiny, pairs):
     est = small(tiny, method="rafa", batch_size=8, warmup=2, schedule="constant", log_every=1).fit(pairs)
     lr = est.history_["lr"].to_numpy()
-    assert np.isnan(lr[0])
-    np.testing.assert_allclose(lr[1:4], [1e-3 / 3, 2e-3 / 3, 1e-3])
-    assert (lr[4:] == 1e-3).all()
+    assert np.isnan(lr[0]) and len(lr) == 1 + 48 // 8
+    # the ramp reaches the peak at step warmup - 1 = 1: peak * (step + 1) / warmup
+    np.testing.assert_allclose(lr[1:3], [1e-3 / 2, 1e-3])
+    assert (lr[3:] == 1e-3).all()
     frac = small(tiny, method="rafa", batch_size=8, warmup=0.5).fit(pairs)
     assert frac.warmup_ == round(0.5 * frac.n_steps_)
 
@@ -238,12 +254,26 @@ def test_cosine_schedule_decays_from_the_peak_after_warmup(tiny, pairs):
     est = small(tiny, method="rafa", batch_size=8, warmup=1, schedule="cosine", log_every=1).fit(pairs)
     assert est.schedule_ == "cosine" and est.total_steps_ == est.n_steps_ == 48 // 8
     lr = est.history_["lr"].to_numpy()[1:]
-    # step 0 is the ramp, step 1 the peak, then half a cosine over the 5 steps after the ramp
-    expected = [1e-3 / 2] + [1e-3 * 0.5 * (1 + np.cos(np.pi * i / 5)) for i in range(5)]
+    # one warm-up step reaches the peak at step 0; then half a cosine over the 5 steps after the ramp
+    expected = [1e-3] + [1e-3 * 0.5 * (1 + np.cos(np.pi * i / 5)) for i in range(5)]
     np.testing.assert_allclose(lr, expected)
     assert (np.diff(lr[1:]) < 0).all() and lr[-1] > 0
     # the small-model default is the cosine; the reference's constant rate stays one argument away
     assert small(tiny, method="rafa", batch_size=8).fit(pairs).schedule_ == "cosine"
+
+
+def test_learning_rate_at_ramps_to_the_peak_then_holds_or_decays_to_zero():
+    peak = 2e-3
+    assert [learning_rate_at(s, 10, peak, warmup=4, schedule="constant") for s in range(10)] == pytest.approx(
+        [peak / 4, peak / 2, 3 * peak / 4] + [peak] * 7)
+    cos = [learning_rate_at(s, 10, peak, warmup=4, schedule="cosine") for s in range(11)]
+    assert cos[:4] == pytest.approx([peak / 4, peak / 2, 3 * peak / 4, peak])
+    # the decay starts at the peak on step warmup and reaches zero at step total
+    assert cos[4] == pytest.approx(peak) and cos[7] == pytest.approx(peak / 2)
+    assert cos[10] == pytest.approx(0.0)
+    assert (np.diff(cos[4:]) < 0).all()
+    assert learning_rate_at(0, 10, peak) == pytest.approx(peak)
+    assert learning_rate_at(0, 10, peak, warmup=0, schedule="constant") == peak
 
 
 @pytest.mark.parametrize("kw,name", [
@@ -258,10 +288,28 @@ def test_cosine_schedule_decays_from_the_peak_after_warmup(tiny, pairs):
     (dict(holdout=60), "holdout"),
     (dict(warmup=-1), "warmup"),
     (dict(schedule="linear"), "schedule"),
-    (dict(temperature="hot"), "temperature"),
+    (dict(log_every=0), "log_every"),
 ])
 def test_bad_parameters_name_the_argument(tiny, pairs, kw, name):
+    est = small(tiny, **kw)  # the constructor only stores
     with pytest.raises(ValueError, match=name):
+        est.fit(pairs)
+    assert not hasattr(est, "history_")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(batch_size=2.5), "batch_size must be an integer or None, got 2.5"),
+    (dict(epochs=True), "epochs must be an integer or None, got True"),
+    (dict(lr=True), "lr must be a number or None, got True"),
+    (dict(alpha=None), "alpha must be a number, got None"),
+    (dict(holdout="8"), "holdout must be a count"),
+    (dict(warmup=True), "warmup must be a count"),
+    (dict(seed=1.0), "seed must be an integer"),
+    (dict(callback=3), "callback must be callable"),
+])
+def test_parameters_of_the_wrong_type_raise_type_error(tiny, pairs, kw, match):
+    with pytest.raises(TypeError, match=match):
         small(tiny, **kw).fit(pairs)
 
 
@@ -271,16 +319,40 @@ def test_wrong_input_types_are_named(tiny, pairs, tmp_path):
     with pytest.raises(TypeError, match="pairs"):
         small(tiny).fit(pairs.images)
     with pytest.raises(RuntimeError, match="fit"):
-        small(tiny).save(tmp_path / "never.safetensors")
+        small(tiny).save(tmp_path / "never")
+    with pytest.raises(RuntimeError, match="fit"):
+        small(tiny).to_clip()
+    assert not (tmp_path / "never").exists()
 
 
-def test_refine_entry_writes_weights_and_history_once(tiny, pairs, tmp_path):
-    out = tmp_path / "r.safetensors"
-    est = refine(tiny, pairs, method="rafa", out=out, epochs=1, batch_size=16, holdout=8, progress=False)
-    assert out.is_file() and (tmp_path / "r.history.csv").is_file()
-    assert len(pd.read_csv(tmp_path / "r.history.csv")) == len(est.history_)
-    with pytest.raises(FileExistsError, match="r.safetensors"):
-        refine(tiny, pairs, method="rafa", out=out, epochs=1, batch_size=16, holdout=8, progress=False)
+def test_refine_entry_writes_the_estimator_folder_once(tiny, pairs, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    args = dict(method="rafa", epochs=1, batch_size=16, holdout=8, progress=False)
+    est = run_refine(tiny, pairs, out=out, **args)
+    assert {p.name for p in out.iterdir()} == {"estimator.json", "history.csv", "model"}
+    assert (out / "model" / "open_clip_model.safetensors").is_file()
+    assert len(pd.read_csv(out / "history.csv")) == len(est.history_)
+    assert CLIPRefine.load(out, tiny).get_params()["method"] == "rafa"
+    written = (out / "estimator.json").read_text()
+
+    # the output folder is checked before any work
+    def never(self, *a, **kw):
+        raise AssertionError("fit ran before the output folder was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(CLIPRefine, "fit", never)
+        with pytest.raises(FileExistsError, match="overwrite"):
+            run_refine(tiny, pairs, out=out, **args)
+        user = tmp_path / "mine"
+        user.mkdir()
+        (user / "notes.txt").write_text("keep me")
+        with pytest.raises(FileExistsError, match="estimator.json"):
+            run_refine(tiny, pairs, out=user, overwrite=True, **args)
+    assert (out / "estimator.json").read_text() == written
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    again = run_refine(tiny, pairs, out=out, overwrite=True, **dict(args, method="contrastive"))
+    assert CLIPRefine.load(out, tiny).get_params()["method"] == "contrastive"
+    assert len(pd.read_csv(out / "history.csv")) == len(again.history_)
 
 
 def test_pairs_whose_image_cannot_be_read_are_left_out_with_one_warning(tiny, pairs, tmp_path):

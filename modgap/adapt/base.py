@@ -3,6 +3,7 @@ and the estimator contract (see :class:`Estimator`)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from pathlib import Path
 
@@ -110,7 +111,9 @@ class Estimator(BaseEstimator):
         open_clip's own format (``open_clip_config.json`` and
         ``open_clip_model.safetensors``), so ``modgap.load_model(path)``
         loads the default model and ``load_model("local-dir:PATH/NAME")``
-        any of them. The folder is written beside ``path`` and renamed into
+        any of them (for a ``clip`` built by hand, with no open_clip config,
+        the model folders hold the weights alone, and only :meth:`load` with
+        ``clip=`` reads them). The folder is written beside ``path`` and renamed into
         place; an existing folder is replaced only with ``overwrite=True``
         and only if an estimator wrote it.
         """
@@ -195,7 +198,11 @@ class Estimator(BaseEstimator):
             models[name] = model.to(clip.device)
         for model in models.values():
             model.eval().requires_grad_(False)
-        est = cls(clip=clip, **meta["params"])
+        # JSON has no tuples: settings whose default is a tuple come back as one
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        params = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+                  for k, v in meta["params"].items()}
+        est = cls(clip=clip, **params)
         est._restore_models(models)
         if est._saved_arrays:
             for k, v in load_file(str(path / "arrays.safetensors"), device="cpu").items():
@@ -220,7 +227,9 @@ def _plain(value):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # e.g. a torch.device, which its constructor takes back as a string
 
 
 def run_estimator(estimator_class, clip, fit_args: tuple, fit_kwargs: dict, out=None, overwrite: bool = False,
