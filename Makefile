@@ -9,7 +9,7 @@ LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: setup lab test test-lib test-notebooks clean
+.PHONY: setup lab test test-lib test-benchmarks test-notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ lab: $(STAMP)
 
 test: test-lib test-notebooks
 
+# tests/ includes test_benchmarks.py: every benchmarks/*.py in its --smoke mode
 test-lib: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# the benchmarks' smoke runs alone
+test-benchmarks: $(STAMP)
+	$(PY) -m pytest tests/test_benchmarks.py $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \

@@ -10,6 +10,7 @@ is the one a user's images take.
     python benchmarks/gpu_epoch.py                                # ViT-B-32, 5,000 images, 5,376 pairs
     python benchmarks/gpu_epoch.py --model ViT-B-16 --images 2000 --pairs 2304
     python benchmarks/gpu_epoch.py --only reclip
+    python benchmarks/gpu_epoch.py --smoke     # modgap-tiny on CPU, tiny sizes: checks that it runs
 
 ReCLIP runs with ``epochs=1``: the evaluation pass of the frozen model,
 label propagation in both branches, one training pass and the final
@@ -17,6 +18,9 @@ evaluation. CLIP-Refine runs the reference recipe of a CLIP-sized model
 (``CLIPRefine``'s defaults: batch 512, AdamW lr 1e-6, fp32, one epoch),
 and the contrastive baseline the same way, for comparison. Peak memory is
 ``torch.cuda.max_memory_allocated`` over each fit.
+
+``--smoke`` runs the bundled ``modgap-tiny`` on the CPU over 64 images and
+96 pairs (32 held out): it checks the script, not the figures.
 """
 from __future__ import annotations
 
@@ -67,16 +71,16 @@ def run_reclip(clip, args, torch) -> dict:
 
 def run_refine(clip, args, torch, method: str) -> dict:
     import modgap
-    from modgap.adapt.refine import CLIPRefine
+    from modgap.adapt.clip_refine import CLIPRefine
 
     pairs = modgap.data.load("shapes-pairs", split="train", n=args.pairs, seed=0)
-    est = CLIPRefine(clip, method=method, epochs=1, holdout=256, seed=0, progress=False)
+    est = CLIPRefine(clip, method=method, epochs=1, holdout=args.holdout, seed=0, progress=False)
     t0 = _start(torch)
     est.fit(pairs)
     wall = _stop(torch, t0)
     h = est.history_
-    return {"job": f"{method}, 1 epoch", "n": len(pairs) - 256, "batch": est.batch_size_, "steps": est.n_steps_,
-            "wall_s": wall, "peak_gib": _peak_gib(torch),
+    return {"job": f"{method}, 1 epoch", "n": len(pairs) - args.holdout, "batch": est.batch_size_,
+            "steps": est.n_steps_, "wall_s": wall, "peak_gib": _peak_gib(torch),
             "detail": f"lr {est.lr_:g}; gap {h.centroid_distance.iloc[0]:.3f} -> {h.centroid_distance.iloc[-1]:.3f}"}
 
 
@@ -84,11 +88,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-32", help="open_clip architecture, random init (default ViT-B-32)")
     ap.add_argument("--images", type=int, default=5000, help="ReCLIP's unlabelled target images")
-    ap.add_argument("--pairs", type=int, default=5376, help="CLIP-Refine's pairs (256 of them held out)")
+    ap.add_argument("--pairs", type=int, default=5376, help="CLIP-Refine's pairs, --holdout of them kept out")
+    ap.add_argument("--holdout", type=int, default=256, help="pairs held out to measure the gap")
     ap.add_argument("--reclip-batch-size", type=int, default=64)
     ap.add_argument("--only", choices=("reclip", "refine"), help="run one method")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to check the script itself")
+    ap.add_argument("--smoke", action="store_true",
+                    help="modgap-tiny on the CPU, 64 images, 96 pairs (32 held out): checks that it runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.model, args.device, args.images, args.pairs, args.holdout = "modgap-tiny", "cpu", 64, 96, 32
+        args.reclip_batch_size = 16
 
     import torch
 
@@ -101,7 +111,9 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         clip = modgap.load_model(args.model, device=args.device)
     n_params = sum(p.numel() for p in clip.model.parameters())
-    print(f"{args.model} ({n_params / 1e6:.1f}M parameters, random init) on {_device_name(torch, clip.device)}, "
+    weights = "bundled weights" if args.model in modgap.zoo.BUNDLED else "random init"
+    where = _device_name(torch, clip.device)
+    print(f"{args.model} ({n_params / 1e6:.1f}M parameters, {weights}) on {where}, "
           f"torch {torch.__version__}, input {clip.image_size}", flush=True)
     rows = []
     if args.only in (None, "reclip"):

@@ -3,6 +3,7 @@ same equations: are the labels the same, and what do time and memory cost?
 
     python benchmarks/label_propagation.py                     # 2k, 10k, 50k x 512
     python benchmarks/label_propagation.py --sizes 2000 --dense-max 2000
+    python benchmarks/label_propagation.py --smoke     # N=200 x 32, both methods: checks that it runs
 
 The dense version below is written the straightforward way, as ReCLIP's
 reference code does it: the full affinity matrix, its top-k mask, the
@@ -16,7 +17,8 @@ like a CLIP modality gap). Memory is the process's peak resident set while
 the method runs, read from /proc/self/status after resetting the peak once
 the inputs are in memory: "extra" is above the inputs, "total" the whole
 process (Python, torch and the inputs included). Timings are wall-clock on
-however many threads torch uses (``--threads``).
+however many threads torch uses (``--threads``). The exit status is 1 when
+a run fails (its child exits non-zero); the figures never change it.
 """
 from __future__ import annotations
 
@@ -159,15 +161,20 @@ def main(argv=None):
     p.add_argument("--child", choices=["sparse", "dense"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true",
+                   help="N=200, 32 dims, k=10, both methods, one thread: checks that it runs")
     args = p.parse_args(argv)
     if args.child:
         child(args.child, args.n, args.dim, args.classes, args.k, args.threads, args.out)
-        return
+        return 0
+    if args.smoke:
+        args.sizes, args.dim, args.k, args.dense_max, args.threads = [200], 32, 10, 200, 1
 
     print(f"label propagation, {args.dim} dims, {args.classes} classes, k={args.k}, {args.threads} threads")
     header = f"{'N':>7}  {'method':<7} {'seconds':>8} {'extra MiB':>10} {'total MiB':>10} {'accuracy':>9}  labels"
     print(header)
     print("-" * len(header))
+    failed = 0
     with tempfile.TemporaryDirectory() as folder:
         for n in args.sizes:
             sparse, s_labels = run_one("sparse", n, args, folder)
@@ -177,6 +184,7 @@ def main(argv=None):
                     continue
                 if "error" in r:
                     print(f"{n:>7}  {r['method']:<7} failed: {r['error']}")
+                    failed += 1
                     continue
                 note = ""
                 if r["method"] == "dense" and s_labels is not None:
@@ -189,7 +197,10 @@ def main(argv=None):
             elif "error" not in dense and "error" not in sparse:
                 print(f"{'':>7}  ratio   {dense['seconds'] / sparse['seconds']:>8.1f}x "
                       f"{dense['extra_mib'] / max(sparse['extra_mib'], 1):>9.1f}x  (dense / sparse)")
+    if failed:
+        print(f"{failed} run(s) failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ and of ReCLIP after its last epoch (no labels used to fit; they only score).
     python benchmarks/reclip_domains.py
     python benchmarks/reclip_domains.py --model modgap-tiny:runs/tiny/model.safetensors --n 1000
     python benchmarks/reclip_domains.py --sets shapes/color/night mnist --epochs 5
+    python benchmarks/reclip_domains.py --smoke     # one set, 64 images, one epoch: checks that it runs
 
 Zero-shot is the frozen model with the class embeddings from all templates;
 label propagation alone is ReCLIP's pseudo-labelling on the frozen features
@@ -127,8 +128,14 @@ def main(argv=None):
     p.add_argument("--history", action="store_true", help="print every set's per-epoch history")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--csv", help="also write the table here")
-    run(p.parse_args(argv))
+    p.add_argument("--smoke", action="store_true",
+                   help="shapes/color/night only, 64 images, batch 16, one epoch: checks that it runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sets, args.n, args.batch_size, args.epochs = ["shapes/color/night"], 64, 16, 1
+    run(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -7,6 +7,7 @@ extra forward pass: a ratio near 1.3 and at most 1.6.
 
     python benchmarks/refine_step.py                      # modgap-tiny, batch 128, CPU
     python benchmarks/refine_step.py --model ViT-B-32 --batch-size 32 --device cuda
+    python benchmarks/refine_step.py --smoke              # batch 8, one timed step: checks that it runs
 """
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ def make_batch(clip, n: int, seed: int):
     else:
         images = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
         captions = [f"a photo of object number {i}" for i in range(n)]
-    from modgap.adapt.refine import _batch_pixels
+    from modgap.embed import image_inputs, pixels_at
 
-    pixels = _batch_pixels(clip, "uint8", images, np.arange(n))
+    # the students below train in float32
+    kind, items = image_inputs(images)
+    pixels, _ = pixels_at(clip, kind, items, np.arange(n), dtype=torch.float32)
     return pixels, clip.tokenize(captions).to(clip.device)
 
 
@@ -81,11 +84,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="batch 8, one timed step: checks that it runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.steps, args.warmup, args.rounds = 8, 1, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from modgap.adapt.refine import RefineObjective
+    from modgap.adapt.clip_refine import RefineObjective
 
     clip = build(args.model, args.weights, args.device)
     device = clip.device

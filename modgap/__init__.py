@@ -16,8 +16,19 @@ __version__ = "0.1.0"
 from . import data, metrics
 from .models import Clip, ModelLoadError, load_model, pick_device
 
-__all__ = ["Clip", "load_model", "ModelLoadError", "pick_device", "data", "metrics", "viz", "adapt",
-           "widgets", "zoo", "__version__"]
+__all__ = [
+    "Clip",
+    "ModelLoadError",
+    "__version__",
+    "adapt",
+    "data",
+    "load_model",
+    "metrics",
+    "pick_device",
+    "viz",
+    "widgets",
+    "zoo",
+]
 
 
 def __getattr__(name):

@@ -51,9 +51,9 @@ from .validation import (
 
 __all__ = [
     "alignment",
-    "check_embeddings",
     "centroid_distance",
     "centroid_mse",
+    "check_embeddings",
     "effective_rank",
     "effective_rank_from_spectrum",
     "gap_report",
@@ -63,6 +63,7 @@ __all__ = [
     "relative_gap",
     "retrieval_recall",
     "shift_along_gap",
+    "shift_pair",
     "spectrum",
     "uniformity",
     "unpaired_cosine",
@@ -547,6 +548,25 @@ def _retrieval(img: np.ndarray, txt: np.ndarray, idx: np.ndarray, ks) -> dict[st
 
 
 # -- the embedding-shift experiment -------------------------------------------------
+def shift_pair(image_emb: np.ndarray, text_emb: np.ndarray, delta: float, direction: np.ndarray,
+               names=("images", "texts")) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding-shift step of Liang et al.: images moved by
+    ``-delta/2`` and texts by ``+delta/2`` along the unit ``direction``
+    (pointing from the texts to the images), each row normalised again.
+    Inputs are unit-length float arrays; a row shifted onto the origin is an
+    error."""
+    img_s = image_emb - 0.5 * delta * direction
+    txt_s = text_emb + 0.5 * delta * direction
+    for x, what in ((img_s, names[0]), (txt_s, names[1])):
+        if (np.linalg.norm(x, axis=1) < 1e-12).any():
+            raise ValueError(
+                f"delta={delta:g} shifts some {what} onto the origin, where they cannot be normalised; "
+                "leave that delta out"
+            )
+    return (img_s / np.linalg.norm(img_s, axis=1, keepdims=True),
+            txt_s / np.linalg.norm(txt_s, axis=1, keepdims=True))
+
+
 def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -> pd.DataFrame:
     """Mind the Gap's embedding-shift experiment on a zero-shot task.
 
@@ -608,16 +628,7 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
         g = g / norm
     rows = []
     for d in deltas:
-        img_s = img - 0.5 * d * g
-        cls_s = cls + 0.5 * d * g
-        for x, what in ((img_s, "images"), (cls_s, "class embeddings")):
-            if (np.linalg.norm(x, axis=1) < 1e-12).any():
-                raise ValueError(
-                    f"delta={d:g} shifts some {what} onto the origin, where they cannot be normalised; "
-                    "leave that delta out"
-                )
-        img_s = img_s / np.linalg.norm(img_s, axis=1, keepdims=True)
-        cls_s = cls_s / np.linalg.norm(cls_s, axis=1, keepdims=True)
+        img_s, cls_s = shift_pair(img, cls, d, g, names=("images", "class embeddings"))
         gap = _centroid_gap(img_s, cls_s)
         rows.append({
             "delta": float(d),

@@ -78,9 +78,8 @@ def check_number(value, name: str, *, low: float | None = None, high: float | No
 
 def check_choice(value, name: str, options: Sequence):
     """``value`` if it is one of ``options``."""
-    if isinstance(value, str) or not isinstance(value, (list, dict, set)):
-        if value in options:
-            return value
+    if (isinstance(value, str) or not isinstance(value, (list, dict, set))) and value in options:
+        return value
     raise ValueError(f"{name} must be one of {tuple(options)}, got {_given(value)}")
 
 

@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as _m
+from .validation import check_embeddings, check_pair, unit_rows
 
 __all__ = [
+    "draw_map",
     "fit_2d",
     "plot_embedding_shift",
     "plot_embeddings",
@@ -49,10 +51,12 @@ __all__ = [
     "plot_spectrum",
 ]
 
-METHODS = ("umap", "pca", "tsne")
+REDUCERS = ("umap", "pca", "tsne")
 # up to this many points UMAP gets exact neighbours from blocked matrix products
 EXACT_KNN_MAX = 20000
 _AXIS_NAME = {"umap": "UMAP", "pca": "PC", "tsne": "t-SNE"}
+# rows x columns of one block of a distance matrix held in memory at once
+_BLOCK = 1 << 22
 _METHOD_NAME = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 _MARKER = {"image": "o", "text": "^"}
 _PLAIN_COLOR = {"image": "C0", "text": "C1"}
@@ -61,7 +65,7 @@ _MAX_LEGEND_CLASSES = 20
 
 _REPORT_DEFAULTS = (
     "centroid_distance", "centroid_mse", "relative_gap", "linear_separability",
-    "paired_cosine", "unpaired_cosine", "alignment", "uniformity_image",
+    "paired_cosine", "unpaired_cosine", "alignment", "uniformity", "uniformity_image",
     "uniformity_text", "effective_rank_image", "effective_rank_text",
     "i2t_R@1", "t2i_R@1", "zero_shot_accuracy",
 )
@@ -75,7 +79,7 @@ def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sq = np.einsum("ij,ij->i", x, x)
     idx = np.empty((n, k), dtype=np.int64)
     dist = np.empty((n, k), dtype=np.float32)
-    rows = max(1, _m._BLOCK // n)
+    rows = max(1, _BLOCK // n)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
@@ -142,12 +146,12 @@ def fit_2d(X, method: str = "umap", random_state: int = 0, return_reducer: bool 
     McInnes et al., arXiv 1802.03426 (UMAP); van der Maaten & Hinton, JMLR
     2008 (t-SNE); Pearson 1901 (PCA).
     """
-    if not isinstance(method, str) or method.lower().replace("-", "") not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(method, str) or method.lower().replace("-", "") not in REDUCERS:
+        raise ValueError(f"method must be one of {REDUCERS}, got {method!r}")
     method = method.lower().replace("-", "")
     if random_state is not None and not isinstance(random_state, Integral):
         raise ValueError(f"random_state must be an int or None, got {random_state!r}")
-    x = _m._as_matrix(X, "X")
+    x = check_embeddings(X, "X")
     n, d = x.shape
     if method == "pca":
         if n < 2 or d < 2:
@@ -298,6 +302,61 @@ def _palette_for(labs: dict):
 
 
 # -- one map --------------------------------------------------------------------------
+def draw_map(image_xy, text_xy=None, labels=None, *, text_labels=None, class_names=None,
+             method: str | None = None, gap: float | None = None, ax=None, point_size: float | None = None,
+             alpha: float = 0.7, legend: bool = True):
+    """Draw 2-D positions of both modalities as :func:`plot_embeddings` does
+    (images as circles, texts as triangles, classes coloured, centroids
+    marked, an arrow from the text centroid to the image centroid) for
+    points the caller has placed, e.g. with a reducer from
+    :func:`fit_2d` (``return_reducer=True``) fitted once and reused while
+    the embeddings move, so that the axes stay put.
+
+    Parameters
+    ----------
+    image_xy : array [N, 2]
+    text_xy : array [M, 2] or None (images only, no gap arrow)
+    labels, text_labels, class_names : as in :func:`plot_embeddings`;
+        without labels each modality has one colour.
+    method : {"umap", "pca", "tsne"} or None
+        Names the axes after the reducer; None leaves them unnamed.
+    gap : float or None
+        The gap distance shown in the legend, measured in the full space
+        (:func:`modgap.metrics.centroid_distance`), not on the map.
+    ax : matplotlib Axes or None
+    point_size, alpha : as in :func:`plot_embeddings`
+    legend : bool
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    pts = {}
+    for mod, xy in (("image", image_xy), ("text", text_xy)):
+        if xy is None:
+            continue
+        arr = np.asarray(xy.detach().cpu() if hasattr(xy, "detach") else xy, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
+            raise ValueError(f"{mod}_xy must be a non-empty array of 2-D positions [n, 2], got shape {arr.shape}")
+        pts[mod] = arr
+    if "image" not in pts:
+        raise ValueError("image_xy is None; pass the 2-D positions of the images")
+    n_t = len(pts["text"]) if "text" in pts else 0
+    lab_i = _label_array(labels, len(pts["image"]), "labels")
+    lab_t = _label_array(text_labels, n_t, "text_labels") if n_t else None
+    if lab_t is None and lab_i is not None and n_t == len(lab_i):
+        lab_t = lab_i
+    if method is not None and (not isinstance(method, str) or method.lower().replace("-", "") not in REDUCERS):
+        raise ValueError(f"method must be one of {REDUCERS} or None, got {method!r}")
+    ax = _new_ax(ax)
+    labs = {"image": lab_i, "text": lab_t}
+    _draw_map(ax, pts, labs, class_names, _palette_for(labs), gap=gap, size=point_size, alpha=alpha,
+              legend=legend)
+    if method is not None:
+        _axis_labels(ax, method)
+    return ax
+
+
 def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, text_labels=None,
                     class_names=None, ax=None, random_state: int = 0, reducer_kwargs=None,
                     title: str | None = None, point_size: float | None = None, alpha: float = 0.7):
@@ -334,13 +393,13 @@ def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, t
     ----------
     Liang et al., "Mind the Gap", NeurIPS 2022, Fig. 1.
     """
-    img, txt = _m._pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     lab_i = _label_array(labels, len(img), "labels")
     lab_t = _label_array(text_labels, len(txt), "text_labels")
     if lab_t is None and lab_i is not None and len(txt) == len(img):
         lab_t = lab_i
     y = fit_2d(np.vstack([img, txt]), method, random_state, **(reducer_kwargs or {}))
-    gap = float(np.linalg.norm(_m._centroid_gap(img, txt)))
+    gap = _m.centroid_distance(img, txt)
     ax = _new_ax(ax)
     labs = {"image": lab_i, "text": lab_t}
     _draw_map(ax, {"image": y[: len(img)], "text": y[len(img):]}, labs, class_names, _palette_for(labs),
@@ -355,12 +414,12 @@ def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, t
 # -- two states on one map --------------------------------------------------------------
 def _as_state(x, name: str):
     if isinstance(x, (tuple, list)) and len(x) == 2 and all(np.ndim(v) == 2 for v in x):
-        img, txt = _m._pair(x[0], x[1])
+        img, txt = check_pair(x[0], x[1])
         return img, txt
     if isinstance(x, (tuple, list)) and len(x) != 2 and all(np.ndim(v) == 2 for v in x):
         raise ValueError(f"{name} must be (image_emb, text_emb) or one array of embeddings, "
                          f"got a sequence of {len(x)} arrays")
-    return _m._unit(_m._as_matrix(x, name), name), None
+    return unit_rows(check_embeddings(x, name), name), None
 
 
 def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, text_labels=None,
@@ -428,7 +487,7 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
     palette = _palette_for(labs)
     for ax, yy, (im, tx), ttl in zip(axes, (y_before, y_after), ((b_img, b_txt), (a_img, a_txt)), titles):
         pts = {"image": yy[:n_i], "text": yy[n_i:] if n_t else None}
-        gap = None if tx is None else float(np.linalg.norm(_m._centroid_gap(im, tx)))
+        gap = None if tx is None else _m.centroid_distance(im, tx)
         _draw_map(ax, pts, labs, class_names, palette, gap=gap, size=point_size, alpha=alpha,
                   legend=ax is axes[0])
         _axis_labels(ax, method)
@@ -461,6 +520,11 @@ def plot_gap_shift(shift, ax=None, title: str | None = None):
     the delta of the smallest gap. The right-hand axis is a twin of ``ax``
     (``ax.figure.axes`` holds it).
 
+    ``shift`` may also map model names to such tables, e.g. ``{"before": s0,
+    "after": s1}``, to compare models: each model gets one colour, its
+    accuracy a solid line (gid ``"accuracy-line-NAME"``) and its gap distance
+    a dashed one (``"distance-line-NAME"``), and the legend names them.
+
     Returns
     -------
     matplotlib.axes.Axes (the accuracy axis)
@@ -469,16 +533,46 @@ def plot_gap_shift(shift, ax=None, title: str | None = None):
     ----------
     Liang et al., "Mind the Gap", NeurIPS 2022, Table 1 (the shifting experiment).
     """
-    if not isinstance(shift, pd.DataFrame):
-        raise TypeError("shift must be the DataFrame returned by modgap.metrics.shift_along_gap, "
-                        f"got {type(shift).__name__}")
-    missing = [c for c in ("delta", "accuracy", "centroid_distance") if c not in shift.columns]
-    if missing:
-        raise ValueError(f"shift lacks the column(s) {missing}; pass the output of shift_along_gap")
-    if shift.empty:
-        raise ValueError("shift has no rows")
-    df = shift.sort_values("delta")
+    single = isinstance(shift, pd.DataFrame)
+    if not single and not isinstance(shift, Mapping):
+        raise TypeError("shift must be the DataFrame returned by modgap.metrics.shift_along_gap, or a mapping "
+                        f"name -> such DataFrame, got {type(shift).__name__}")
+    curves = {"shift": shift} if single else {name: df for name, df in shift.items()}
+    if not curves:
+        raise ValueError("shift is an empty mapping; pass at least one table from shift_along_gap")
+    for name, table in curves.items():
+        where = "shift" if single else f"shift[{name!r}]"
+        if not isinstance(table, pd.DataFrame):
+            raise TypeError(f"{where} must be the DataFrame returned by modgap.metrics.shift_along_gap, "
+                            f"got {type(table).__name__}")
+        missing = [c for c in ("delta", "accuracy", "centroid_distance") if c not in table.columns]
+        if missing:
+            raise ValueError(f"{where} lacks the column(s) {missing}; pass the output of shift_along_gap")
+        if table.empty:
+            raise ValueError(f"{where} has no rows")
+        curves[name] = table.sort_values("delta")
     ax = _new_ax(ax, figsize=(7, 4.5))
+    if not single:
+        ax2 = ax.twinx()
+        handles = []
+        for i, (name, df) in enumerate(curves.items()):
+            color = f"C{i % 10}"
+            acc, = ax.plot(df["delta"], df["accuracy"], "o-", color=color, ms=4,
+                           label=f"{name}: zero-shot accuracy", gid=f"accuracy-line-{name}")
+            dist, = ax2.plot(df["delta"], df["centroid_distance"], "s--", color=color, ms=3, alpha=0.7,
+                             label=f"{name}: gap distance", gid=f"distance-line-{name}")
+            handles += [acc, dist]
+        handles.append(ax.axvline(0.0, color="0.4", ls=":", label="delta = 0 (unshifted)"))
+        ax.set_xlabel("delta: shift along the gap direction (+ moves the modalities together)")
+        ax.set_ylabel("zero-shot accuracy (solid)")
+        ax2.set_ylabel("gap distance ||c_I - c_T|| (dashed)")
+        # the accuracy axis drawn over its twin, so that no dashed line crosses the legend
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.legend(handles=handles, loc="best", fontsize="small")
+        ax.set_title(title if title is not None else "Shifting embeddings along the gap")
+        return ax
+    df = curves["shift"]
     l1, = ax.plot(df["delta"], df["accuracy"], "o-", color="C0", ms=4, label="zero-shot accuracy",
                   gid="accuracy-line")
     ax2 = ax.twinx()
@@ -522,7 +616,7 @@ def plot_similarity(image_emb, text_emb, labels=None, *, text_labels=None, joint
     """
     if not isinstance(max_items, Integral) or max_items < 1:
         raise ValueError(f"max_items must be a positive integer, got {max_items!r}")
-    img, txt = _m._pair(image_emb, text_emb)
+    img, txt = check_pair(image_emb, text_emb)
     lab_i = _label_array(labels, len(img), "labels")
     lab_t = _label_array(text_labels, len(txt), "text_labels")
     if lab_t is None and lab_i is not None and len(txt) == len(img):
@@ -594,12 +688,12 @@ def plot_spectrum(emb, text_emb=None, *, ax=None, normalize: bool = True, relati
         raise ValueError(f"top must be a positive integer or None, got {top!r}")
     ax = _new_ax(ax, figsize=(7, 4.5))
     for name, x in sets.items():
-        arr = _m._as_matrix(x, f"emb[{name!r}]" if len(sets) > 1 or name != "embeddings" else "emb",
+        arr = check_embeddings(x, f"emb[{name!r}]" if len(sets) > 1 or name != "embeddings" else "emb",
                             min_rows=2)
         if normalize:
-            arr = _m._unit(arr, "emb")
-        ev = _m._spectrum(arr)
-        er = _m._effective_rank(ev)
+            arr = unit_rows(arr, "emb")
+        ev = _m.spectrum(arr, normalize=False)
+        er = _m.effective_rank_from_spectrum(ev)
         vals = ev / ev.sum() if relative else ev
         if top is not None:
             vals = vals[:top]
@@ -644,7 +738,10 @@ def plot_report_comparison(reports, metrics=None, *, ncols: int = 4, fig=None, t
         name -> Series, as returned by ``gap_report``.
     metrics : sequence of str or None
         Which entries to show; by default the gap, alignment, uniformity,
-        separability, rank, recall@1 and zero-shot entries that are present.
+        separability, rank, recall@1 and zero-shot entries that are present,
+        then every other numeric column (such as the zero-shot accuracy per
+        domain of :class:`modgap.evaluate.WorldBenchmark`) except
+        ``gap_report``'s counts and its recall beyond @1.
     ncols : int
     fig : matplotlib Figure or None
 
@@ -655,8 +752,12 @@ def plot_report_comparison(reports, metrics=None, *, ncols: int = 4, fig=None, t
     df = _reports_frame(reports)
     if metrics is None:
         metrics = [c for c in _REPORT_DEFAULTS if c in df.columns]
+        counts = ("n_images", "n_texts", "dim")
+        metrics += [c for c in df.columns
+                    if c not in metrics and c not in counts and not str(c).startswith(("i2t_R@", "t2i_R@"))
+                    and pd.to_numeric(df[c], errors="coerce").notna().any()]
         if not metrics:
-            raise ValueError("reports has none of the usual gap_report entries; pass metrics=[...]")
+            raise ValueError("reports has no numeric entries to show; pass metrics=[...]")
     else:
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)
         missing = [c for c in metrics if c not in df.columns]

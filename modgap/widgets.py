@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "Dashboard", "gap_shift_explorer", "label_propagation_explorer", "hybrid_target_explorer",
-    "LiveHistory", "model_picker",
+    "Dashboard",
+    "LiveHistory",
+    "gap_shift_explorer",
+    "hybrid_target_explorer",
+    "label_propagation_explorer",
+    "model_picker",
 ]
 
 
@@ -73,15 +77,19 @@ def _figure_output(draw: Callable, figsize=(11, 4.2)):
 
 def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: float = 0.0,
                        delta_range=(-1.0, 1.0), step: float = 0.05, method: str = "pca",
-                       max_points: int = 600, classnames: Sequence[str] | None = None,
-                       random_state: int = 0) -> Dashboard:
+                       max_points: int = 600, random_state: int = 0) -> Dashboard:
     """Mind the Gap's embedding-shift experiment with a slider.
 
     Moving the slider shifts images by ``-delta/2`` and texts by ``+delta/2``
-    along the gap direction (:func:`modgap.metrics.shift_along_gap`), then
-    redraws the 2-D map of both modalities (the map's projection is fitted
-    once on the unshifted embeddings, so the axes stay put), the zero-shot
-    accuracy and the centroid distance.
+    along the gap direction, as :func:`modgap.metrics.shift_along_gap` does
+    (which gives the zero-shot accuracy and the curve), then redraws the 2-D
+    map of both modalities with :func:`modgap.viz.draw_map` (the map's
+    projection is fitted once on the unshifted embeddings, so the axes stay
+    put).
+
+    The map's title gives two gap distances, since they differ: to the
+    texts drawn (the captions, or each image's class prompt), and to the
+    class prompts, the one the curve plots.
 
     Parameters
     ----------
@@ -95,52 +103,44 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
     import ipywidgets as w
 
     from . import metrics, viz
+    from .validation import unit_rows
 
-    img = metrics.check_embeddings(image_emb, "image_emb")
+    img = unit_rows(metrics.check_embeddings(image_emb, "image_emb"), "image_emb")
     cls = metrics.check_embeddings(class_emb, "class_emb")
     labels = np.asarray(labels)
     txt = cls[labels] if text_emb is None else metrics.check_embeddings(text_emb, "text_emb")
+    txt = unit_rows(txt, "text_emb")
+    drawn = "class prompts of the labels" if text_emb is None else "captions"
     direction = metrics.gap_vector(img, txt)
-    direction = np.asarray(direction.detach().cpu() if hasattr(direction, "detach") else direction)
     rng = np.random.default_rng(random_state)
     pick_i = np.sort(rng.choice(len(img), size=min(max_points, len(img)), replace=False))
     pick_t = np.sort(rng.choice(len(txt), size=min(max_points, len(txt)), replace=False))
-    both = np.concatenate([img[pick_i], txt[pick_t]])
-    _, reducer = viz.fit_2d(both, method=method, random_state=random_state, return_reducer=True)
+    _, reducer = viz.fit_2d(np.concatenate([img[pick_i], txt[pick_t]]), method=method,
+                            random_state=random_state, return_reducer=True)
     curve = metrics.shift_along_gap(img, cls, labels,
                                     deltas=np.round(np.arange(delta_range[0], delta_range[1] + 1e-9, step * 2), 4),
                                     direction=direction)
-
-    def shifted(d):
-        si = img - d / 2 * direction
-        st = txt + d / 2 * direction
-        si /= np.linalg.norm(si, axis=1, keepdims=True)
-        st /= np.linalg.norm(st, axis=1, keepdims=True)
-        sc = cls + d / 2 * direction
-        sc /= np.linalg.norm(sc, axis=1, keepdims=True)
-        return si, st, sc
+    limits = {}
 
     def draw(fig, delta):
-        si, st, sc = shifted(delta)
-        acc = metrics.zero_shot_accuracy(si, sc, labels)
+        row = metrics.shift_along_gap(img, cls, labels, deltas=[delta], direction=direction).iloc[0]
+        si, st = metrics.shift_pair(img, txt, delta, direction)
         dist = metrics.centroid_distance(si, st)
         ax_map, ax_curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
-        pi, pt = reducer.transform(si[pick_i]), reducer.transform(st[pick_t])
-        ax_map.scatter(pi[:, 0], pi[:, 1], s=8, c="tab:blue", alpha=0.5, label="images")
-        ax_map.scatter(pt[:, 0], pt[:, 1], s=14, c="tab:orange", marker="^", alpha=0.6, label="texts")
-        ci, ct = pi.mean(0), pt.mean(0)
-        ax_map.annotate("", xy=ci, xytext=ct, arrowprops={"arrowstyle": "->", "lw": 2, "color": "k"})
-        ax_map.set(title=f"shift {delta:+.2f}: gap {dist:.3f}, zero-shot {100 * acc:.1f}%",
-                   xlabel=f"{method.upper()} 1", ylabel=f"{method.upper()} 2")
-        if not hasattr(draw, "limits"):
-            draw.limits = (ax_map.get_xlim(), ax_map.get_ylim())
-        ax_map.set_xlim(*draw.limits[0])
-        ax_map.set_ylim(*draw.limits[1])
-        ax_map.legend(loc="best")
+        viz.draw_map(reducer.transform(si[pick_i]), reducer.transform(st[pick_t]), method=method,
+                     gap=dist, ax=ax_map)
+        ax_map.set_title(f"shift {delta:+.2f}: zero-shot {100 * row['accuracy']:.1f}%\n"
+                         f"gap {dist:.3f} to the {drawn}, {row['centroid_distance']:.3f} to the class prompts",
+                         fontsize="medium")
+        if not limits:
+            limits.update(x=ax_map.get_xlim(), y=ax_map.get_ylim())
+        ax_map.set_xlim(*limits["x"])
+        ax_map.set_ylim(*limits["y"])
         viz.plot_gap_shift(curve, ax=ax_curve)
         ax_curve.axvline(delta, color="k", ls="--", lw=1)
         fig.tight_layout()
-        return {"accuracy": acc, "centroid_distance": dist}
+        return {"accuracy": float(row["accuracy"]), "centroid_distance": dist,
+                "class_centroid_distance": float(row["centroid_distance"])}
 
     out, fig, redraw = _figure_output(draw)
     slider = w.FloatSlider(value=delta, min=delta_range[0], max=delta_range[1], step=step,
@@ -271,9 +271,9 @@ def hybrid_target_explorer(teacher_logits, *, alpha: float = 0.5, temperature: f
 class LiveHistory:
     """A callback that redraws a line plot of training figures as they come.
 
-    Pass it as ``callback=`` to :class:`modgap.adapt.ReCLIP` (called with
-    each epoch's history row) or :meth:`modgap.adapt.CLIPRefine.fit` (called
-    with each step's record). It updates one display in place, so it works
+    Pass it as ``callback=`` to :class:`modgap.adapt.ReCLIP` or
+    :class:`modgap.adapt.CLIPRefine`, which call it with the estimator and
+    each new row of their history (an epoch, or a logged step). It updates one display in place, so it works
     in JupyterLab and leaves the final figure in a notebook run headless.
 
     Parameters
@@ -295,7 +295,7 @@ class LiveHistory:
         self._handle = None
         self._display = display
 
-    def __call__(self, row, *_):
+    def __call__(self, estimator, row):
         self.rows.append(dict(row))
         if len(self.rows) % self.every == 0:
             self.redraw()

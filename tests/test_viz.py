@@ -190,6 +190,36 @@ def test_plot_embeddings_checks_its_input(world):
         V.plot_embeddings(img, txt[:, :4], method="pca")
 
 
+# -- draw_map --------------------------------------------------------------------------------------
+def test_draw_map_draws_given_positions_like_plot_embeddings(world, tmp_path):
+    img, txt, labels = world
+    y = V.fit_2d(np.vstack([img, txt]), "pca")
+    fig, given = plt.subplots()
+    ax = V.draw_map(y[:36], y[36:], labels, class_names=["circle", "square", "star"], method="pca", gap=0.5,
+                    ax=given)
+    saved(fig, tmp_path, "draw_map")
+    assert ax is given
+    np.testing.assert_allclose(offsets(ax, "image-points"), y[:36])
+    np.testing.assert_allclose(offsets(ax, "text-points"), y[36:])
+    np.testing.assert_allclose(offsets(ax, "text-centroid")[0], y[36:].mean(axis=0))
+    assert len(by_gid(ax, "gap-arrow")) == 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "gap, text to image (distance 0.500)" in legend and {"circle", "square", "star"} <= set(legend)
+    (ct,) = by_gid(ax, "text-points")
+    assert len({tuple(c) for c in ct.get_facecolors()}) == 3  # texts take the images' labels
+    assert ax.get_xlabel() == "PC 1"
+
+
+def test_draw_map_of_images_only_and_bad_positions(world):
+    ax = V.draw_map(np.zeros((4, 2)), method=None, legend=False)
+    assert len(offsets(ax, "image-points")) == 4 and not by_gid(ax, "gap-arrow")
+    assert ax.get_xlabel() == "" and ax.get_legend() is None
+    with pytest.raises(ValueError, match="text_xy must be a non-empty array of 2-D positions"):
+        V.draw_map(np.zeros((4, 2)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="method must be one of"):
+        V.draw_map(np.zeros((4, 2)), method="mds")
+
+
 # -- plot_embedding_shift -------------------------------------------------------------------------
 def test_plot_embedding_shift_uses_one_shared_space(world, tmp_path):
     img, txt, labels = world
@@ -253,6 +283,38 @@ def test_plot_gap_shift(world, tmp_path):
         V.plot_gap_shift(df.drop(columns="accuracy"))
 
 
+def test_plot_gap_shift_of_several_models_draws_one_curve_each(world, tmp_path):
+    img, _, labels = world
+    cls = 3 * np.eye(16)[:3] - 2 * np.eye(16)[5]
+    deltas = np.linspace(-2, 3, 11)
+    shifts = {"before": M.shift_along_gap(img, cls, labels, deltas),
+              "after": M.shift_along_gap(img, cls + 2 * np.eye(16)[5], labels, deltas[::-1])}
+    fig, given = plt.subplots()
+    ax = V.plot_gap_shift(shifts, ax=given, title="two models")
+    saved(fig, tmp_path, "gap_shift_models")
+    assert ax is given and ax.get_title() == "two models"
+    (twin,) = [a for a in fig.axes if a is not ax]
+    colors = set()
+    for name, df in shifts.items():
+        df = df.sort_values("delta")
+        (acc,) = by_gid(ax, f"accuracy-line-{name}")
+        np.testing.assert_allclose(acc.get_xdata(), df["delta"])
+        np.testing.assert_allclose(acc.get_ydata(), df["accuracy"])
+        (dist,) = by_gid(twin, f"distance-line-{name}")
+        np.testing.assert_allclose(dist.get_ydata(), df["centroid_distance"])
+        assert acc.get_color() == dist.get_color()
+        colors.add(acc.get_color())
+    assert len(colors) == 2
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "before: zero-shot accuracy" in legend and "after: gap distance" in legend
+    with pytest.raises(ValueError, match=r"shift\['after'\] lacks the column"):
+        V.plot_gap_shift({**shifts, "after": shifts["after"].drop(columns="accuracy")})
+    with pytest.raises(ValueError, match="empty mapping"):
+        V.plot_gap_shift({})
+    with pytest.raises(TypeError, match="mapping"):
+        V.plot_gap_shift([shifts["before"]])
+
+
 def test_plot_similarity_cross_and_joint(world, tmp_path):
     img, txt, labels = world
     ax = V.plot_similarity(img, txt)
@@ -305,6 +367,18 @@ def test_plot_report_comparison(world, tmp_path):
     assert sum(ax.get_visible() for ax in fig.axes) == 13
     with pytest.raises(ValueError, match="reports lacks"):
         V.plot_report_comparison(reports, ["nope"])
+
+
+def test_plot_report_comparison_defaults_show_other_numeric_columns(tmp_path):
+    table = pd.DataFrame({"centroid_distance": [0.8, 0.4], "zero_shot_photo": [0.9, 0.95],
+                          "photo_digit": [0.8, 0.85], "note": ["a", "b"], "n_images": [10.0, 10.0]},
+                         index=pd.Index(["none", "refined"], name="method"))
+    fig = V.plot_report_comparison(table)
+    saved(fig, tmp_path, "reports_other_columns")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["centroid_distance", "zero_shot_photo", "photo_digit"]
+    with pytest.raises(ValueError, match="no numeric entries"):
+        V.plot_report_comparison(table[["note"]])
 
 
 def test_plot_images_draws_a_titled_grid(tmp_path):

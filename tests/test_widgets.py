@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from modgap import widgets
+from modgap import metrics, widgets
+from modgap.adapt.graph import label_propagation
 
 
 def _clusters(n_per=30, n_cls=3, dim=16, seed=0, offset=1.5):
@@ -24,7 +25,8 @@ def test_gap_shift_explorer_draws_and_moves_with_the_slider():
     img, cls, labels = _clusters()
     dash = widgets.gap_shift_explorer(img, cls, labels, method="pca")
     ax_map = dash.figure.axes[0]
-    assert len(ax_map.collections) >= 2  # images and texts
+    gids = {a.get_gid() for a in ax_map.get_children()}
+    assert {"image-points", "text-points", "gap-arrow"} <= gids  # drawn by modgap.viz.draw_map
     start = dict(dash.state)
     dash.controls["delta"].value = 0.8  # what a user's drag does
     assert dash.state["centroid_distance"] < start["centroid_distance"]
@@ -34,15 +36,40 @@ def test_gap_shift_explorer_draws_and_moves_with_the_slider():
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
-def test_label_propagation_explorer_reports_accuracy_and_confusion():
+def test_gap_shift_explorer_figures_are_those_of_shift_along_gap():
     img, cls, labels = _clusters()
-    img, cls, labels = _clusters(offset=0.3)
+    rng = np.random.default_rng(1)
+    captions = img + rng.normal(0, 0.8, img.shape) - 2.5
+    dash = widgets.gap_shift_explorer(img, cls, labels, text_emb=captions, method="pca")
+    dash.update(0.3)
+    row = metrics.shift_along_gap(img, cls, labels, deltas=[0.3], direction=metrics.gap_vector(img, captions))
+    assert dash.state["accuracy"] == pytest.approx(row["accuracy"].iloc[0])
+    assert dash.state["class_centroid_distance"] == pytest.approx(row["centroid_distance"].iloc[0])
+    # the title names both gaps, the one to the captions drawn and the one the curve plots
+    title = dash.figure.axes[0].get_title()
+    assert f"{dash.state['centroid_distance']:.3f} to the captions" in title
+    assert f"{dash.state['class_centroid_distance']:.3f} to the class prompts" in title
+    at_zero = dash.curve.loc[dash.curve["delta"].abs().idxmin()]
+    dash.update(0.0)
+    assert dash.state["class_centroid_distance"] == pytest.approx(at_zero["centroid_distance"])
+    assert dash.state["centroid_distance"] == pytest.approx(metrics.centroid_distance(img, captions))
+
+
+@pytest.mark.parametrize("offset", [1.5, 0.3])
+def test_label_propagation_explorer_reports_accuracy_and_confusion(offset):
+    img, cls, labels = _clusters(offset=offset)
     dash = widgets.label_propagation_explorer(img, cls, labels, k=10, classnames=["a", "b", "c"])
-    conf = dash.state["confusion"]
-    assert conf.shape == (3, 3) and conf.sum() == len(labels)
-    assert dash.state["accuracy"] > 0.9  # well separated clusters propagate cleanly
-    dash.controls["k"].value = 8
-    assert dash.state["confusion"].sum() == len(labels)
+    assert dash.state["accuracy"] > 0.9  # well separated clusters propagate cleanly, with or without a gap
+    for k in (10, 8):
+        dash.controls["k"].value = k
+        expected = label_propagation(torch.from_numpy(img), torch.from_numpy(cls), k=k).numpy()
+        np.testing.assert_array_equal(dash.state["pseudo_labels"], expected)
+        conf = dash.state["confusion"]
+        assert conf.shape == (3, 3) and conf.sum() == len(labels)
+        np.testing.assert_array_equal(conf.sum(axis=1), np.bincount(labels, minlength=3))
+        assert dash.state["accuracy"] == pytest.approx(np.trace(conf) / len(labels))
+        assert dash.state["accuracy"] == pytest.approx(np.mean(expected == labels))
+        assert f"k={k}," in dash.figure.axes[0].get_title()
     assert len(dash.figure.axes[1].images) == 1
 
 
@@ -61,7 +88,7 @@ def test_hybrid_target_explorer_rows_are_distributions():
 def test_live_history_plots_each_column_it_gets():
     live = widgets.LiveHistory(["acc", "agreement"], x="epoch", display=False)
     for e in range(4):
-        live({"epoch": e, "acc": 0.5 + 0.1 * e, "agreement": 0.7, "other": 1.0})
+        live(None, {"epoch": e, "acc": 0.5 + 0.1 * e, "agreement": 0.7, "other": 1.0})
     lines = live.ax.get_lines()
     assert [ln.get_label() for ln in lines] == ["acc", "agreement"]
     np.testing.assert_allclose(lines[0].get_ydata(), [0.5, 0.6, 0.7, 0.8])

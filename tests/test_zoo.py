@@ -1,19 +1,23 @@
-"""The bundled model: its training script and, once shipped, its weights."""
+"""The bundled model: its training script (``modgap.pretrain``) and its shipped weights."""
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 
 import modgap
-from modgap.zoo import train, weights_path
+from modgap import pretrain
+from modgap.zoo import weights_path
 
 
 def test_training_script_runs_a_few_steps_and_its_loss_falls(tmp_path):
     out = tmp_path / "run"
-    rc = train.main(["--out", str(out), "--epochs", "1", "--pairs", "320", "--batch-size", "32",
-                     "--max-steps", "8", "--eval-n", "0", "--lr", "1e-3", "--threads", "2"])
+    rc = pretrain.main(["--out", str(out), "--epochs", "1", "--pairs", "320", "--batch-size", "32",
+                        "--max-steps", "8", "--eval-n", "0", "--lr", "1e-3", "--threads", "2"])
     assert rc == 0
     log = pd.read_csv(out / "train_log.csv")
     assert len(log) == 8
@@ -22,6 +26,26 @@ def test_training_script_runs_a_few_steps_and_its_loss_falls(tmp_path):
     assert record["steps"] == 8 and "machine" in record
     clip = modgap.load_model(f"modgap-tiny:{out / 'model.safetensors'}", device="cpu")
     assert clip.encode_texts(["a red circle."]).shape == (1, 128)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", "modgap": "modgap-tiny"}
+        names = list(f.keys())
+        assert names and {f.get_tensor(k).dtype for k in names} == {torch.float16}
+
+
+def test_training_evaluation_names_every_task_and_the_gap():
+    clip = modgap.load_model("modgap-tiny", device="cpu")
+    ev = pretrain.evaluate(clip.model, clip.tokenizer, n=12)
+    assert list(ev) == ["shape_acc", "color_acc", "digit_acc", "mnist_acc", "sklearn-digits_acc", "gap"]
+    assert all(0 <= v <= 1 for k, v in ev.items() if k.endswith("_acc")) and 0 < ev["gap"] < 2
+
+
+def test_zoo_imports_no_other_modgap_module():
+    for path in Path(modgap.zoo.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and not (node.module or "").startswith("modgap"), path.name
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("modgap") for a in node.names), path.name
 
 
 def test_training_script_keeps_existing_weights(tmp_path):
@@ -29,7 +53,7 @@ def test_training_script_keeps_existing_weights(tmp_path):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"precious")
     with pytest.raises(SystemExit):
-        train.main(["--out", str(out), "--max-steps", "1", "--eval-n", "0"])
+        pretrain.main(["--out", str(out), "--max-steps", "1", "--eval-n", "0"])
     assert (out / "model.safetensors").read_bytes() == b"precious"
 
 
@@ -53,8 +77,10 @@ def test_bundled_weights_are_small_and_open_clip_reads_them():
     modgap.zoo.register()
     model = open_clip.create_model("modgap-tiny", pretrained=str(weights_path()))
     ref = modgap.load_model("modgap-tiny", device="cpu").model
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), ref.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
+    got, want = model.state_dict(), ref.state_dict()
+    assert len(want) > 0 and set(got) == set(want)
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
 
 
 def test_bundled_model_names_training_domain_shapes():

@@ -56,8 +56,13 @@ from .base import SCHEDULES, Estimator, learning_rate_at, run_estimator
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references
 
 __all__ = [
-    "CLIPRefine", "RefineObjective", "run_refine", "METHODS", "default_hyperparameters", "auto_temperature",
+    "METHODS",
     "SMALL_MODEL_PARAMS",
+    "CLIPRefine",
+    "RefineObjective",
+    "auto_temperature",
+    "default_hyperparameters",
+    "run_refine",
 ]
 
 METHODS = ("clip-refine", "rafa", "hycd", "self-kd", "contrastive")
@@ -353,7 +358,7 @@ class CLIPRefine(Estimator):
                 raise TypeError(f"eval_pairs must be a modgap.data.PairSet or None, got {type(eval_pairs).__name__}")
             return pairs, eval_pairs
         n = len(pairs)
-        k = int(round(self.holdout * n)) if isinstance(self.holdout, float) else int(self.holdout)
+        k = round(self.holdout * n) if isinstance(self.holdout, float) else int(self.holdout)
         if k == 0:
             return pairs, None
         if n - k < 2:
@@ -410,7 +415,7 @@ class CLIPRefine(Estimator):
         total = per_epoch * self.epochs_
         log_every = self.log_every or max(1, total // 25)
         warmup = self.warmup if self.warmup is not None else hp["warmup"]
-        self.warmup_ = int(round(warmup * total)) if isinstance(warmup, float) else int(warmup)
+        self.warmup_ = round(warmup * total) if isinstance(warmup, float) else int(warmup)
         self.schedule_ = self.schedule if self.schedule is not None else hp["schedule"]
         self.total_steps_ = total
 
@@ -457,7 +462,7 @@ class CLIPRefine(Estimator):
                     for b in range(per_epoch):
                         idx = order[b * bs:(b + 1) * bs]
                         captions = train.sample_captions(idx, rng)
-                        pixels, kept = pixels_at(clip, kind, items, idx)
+                        pixels, kept = pixels_at(clip, kind, items, idx, dtype=torch.float32)
                         if len(kept) < len(idx):
                             unread.extend(items[idx[j]] for j in np.setdiff1d(np.arange(len(idx)), kept))
                             captions = [captions[j] for j in kept]

@@ -20,13 +20,19 @@ import warnings
 
 import numpy as np
 import torch
-
-from ..validation import check_tensor
 import torch.nn.functional as F
 
+from ..validation import check_tensor
+
 __all__ = [
-    "projection", "project_embeddings", "knn_affinity", "normalized_adjacency", "conjugate_gradient",
-    "label_propagation", "PropagationResult", "propagate",
+    "PropagationResult",
+    "conjugate_gradient",
+    "knn_affinity",
+    "label_propagation",
+    "normalized_adjacency",
+    "project_embeddings",
+    "projection",
+    "propagate",
 ]
 
 # elements of one block of the similarity matrix (rows x N): 2**24 floats is 64 MB

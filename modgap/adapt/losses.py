@@ -23,8 +23,12 @@ import torch.nn.functional as F
 from ..validation import check_features, check_number, check_same_shape
 
 __all__ = [
-    "sample_references", "rafa_loss", "hybrid_distillation", "hycd_loss", "self_kd_loss",
     "contrastive_loss",
+    "hybrid_distillation",
+    "hycd_loss",
+    "rafa_loss",
+    "sample_references",
+    "self_kd_loss",
 ]
 
 

@@ -6,6 +6,16 @@ from .render import COLORS, DOMAINS
 from .sets import available, load, world_pairs
 
 __all__ = [
-    "ImageSet", "PairSet", "DEFAULT_TEMPLATES", "load", "available",
-    "from_folder", "from_captions", "from_coco", "read_image", "DOMAINS", "COLORS", "world_pairs",
+    "COLORS",
+    "DEFAULT_TEMPLATES",
+    "DOMAINS",
+    "ImageSet",
+    "PairSet",
+    "available",
+    "from_captions",
+    "from_coco",
+    "from_folder",
+    "load",
+    "read_image",
+    "world_pairs",
 ]

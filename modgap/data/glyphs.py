@@ -17,8 +17,14 @@ import numpy as np
 
 from .render import COLORS, compose
 
-__all__ = ["DIGIT_NAMES", "DIGIT_TEMPLATES", "font_files", "render_glyphs", "sample_glyphs",
-           "glyph_captions"]
+__all__ = [
+    "DIGIT_NAMES",
+    "DIGIT_TEMPLATES",
+    "font_files",
+    "glyph_captions",
+    "render_glyphs",
+    "sample_glyphs",
+]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = (

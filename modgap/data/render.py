@@ -25,7 +25,7 @@ COLORS = {
 DOMAINS = ("photo", "sketch", "night", "noisy")
 
 # How far each shifted domain moves away from ``photo``. The values were
-# chosen on the bundled model with ``python -m modgap.zoo.tune_domains`` so
+# chosen on the bundled model with ``benchmarks/tune_domains.py`` so
 # that each shift costs at least 15 points of zero-shot accuracy on every
 # task yet stays above twice chance, leaving something for adaptation to win
 # back (modgap/zoo/MODEL_CARD.md). A nested dict holds overrides for one set

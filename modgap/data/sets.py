@@ -10,7 +10,7 @@ from . import glyphs, shapes
 from .containers import ImageSet, PairSet
 from .render import COLORS, DOMAINS
 
-__all__ = ["load", "available", "world_pairs", "DEFAULT_SIZES"]
+__all__ = ["DEFAULT_SIZES", "available", "load", "world_pairs"]
 
 SPLITS = ("train", "test")
 DEFAULT_SIZES = {"train": 10000, "test": 2000}
@@ -136,7 +136,7 @@ def world_pairs(n: int, split: str = "train", glyph_fraction: float = 0.45, seed
     what the bundled model was trained on, and what refinement uses."""
     if not 0 <= glyph_fraction <= 1:
         raise ValueError(f"glyph_fraction must be in [0, 1], got {glyph_fraction}")
-    n_glyph = int(round(n * glyph_fraction))
+    n_glyph = round(n * glyph_fraction)
     sets = []
     if n - n_glyph:
         sets.append(load("shapes-pairs", split=split, n=n - n_glyph, seed=seed))

@@ -12,8 +12,15 @@ import numpy as np
 from .render import COLORS, compose, domain_params
 
 __all__ = [
-    "SHAPES", "SIZES", "POSITIONS", "SHAPE_TEMPLATES", "COLOR_TEMPLATES",
-    "CAPTION_TEMPLATES", "sample_scenes", "render_shapes", "captions_for",
+    "CAPTION_TEMPLATES",
+    "COLOR_TEMPLATES",
+    "POSITIONS",
+    "SHAPES",
+    "SHAPE_TEMPLATES",
+    "SIZES",
+    "captions_for",
+    "render_shapes",
+    "sample_scenes",
 ]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")

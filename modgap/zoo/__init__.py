@@ -1,11 +1,14 @@
 """The bundled small CLIP, ``modgap-tiny``: its config (JSON, as open_clip
-keeps its own), its weights, the script that trained it (``train``) and the
-script that measures it (``report``)."""
+keeps its own), its weights, its model card and the tables measured on it.
+
+A registry only, at the bottom of the import graph: it imports no other
+modgap module. The script that trained the model is ``python -m
+modgap.pretrain``; the one that measures it is ``python -m modgap.evaluate``."""
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ZOO_DIR", "BUNDLED", "config_path", "weights_path", "register", "results_table"]
+__all__ = ["BUNDLED", "ZOO_DIR", "config_path", "register", "results_table", "weights_path"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 BUNDLED = ("modgap-tiny",)

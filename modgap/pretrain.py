@@ -1,7 +1,7 @@
 """Train the bundled small CLIP on the generated world.
 
-    python -m modgap.zoo.train --out runs/tiny            # the full recipe
-    python -m modgap.zoo.train --max-steps 5 --out /tmp/x # a smoke run
+    python -m modgap.pretrain --out runs/tiny            # the full recipe
+    python -m modgap.pretrain --max-steps 5 --out /tmp/x # a smoke run
 
 The recipe: a fresh mix of captioned shapes and rendered digits every epoch
 (training domain ``photo`` only, train split), one random caption per image,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -32,13 +31,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .. import data
+from . import data, metrics
+from .adapt.base import learning_rate_at
+from .evaluate import REAL_DIGITS, TASKS, set_accuracy, world_sets, zero_shot_accuracies
+from .io import save_state_dict
+from .models import Clip
 
 
 def build_model(name: str = "modgap-tiny", seed: int = 0):
     import open_clip
 
-    from . import register
+    from .zoo import register
 
     register()
     torch.manual_seed(seed)
@@ -56,50 +59,26 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_at(step, total, base, warmup):
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def evaluate(model, tokenizer, n: int = 1000) -> dict:
     """Held-out zero-shot accuracy per task and the image-caption gap."""
-    from ..metrics import centroid_distance, zero_shot_accuracy
-    from ..models import Clip
-
     clip = Clip(model, tokenizer=tokenizer, name="training")
-    out = {}
-    for name, task in (("shapes", "shape"), ("shapes", "color"), ("glyphs", "digit")):
-        s = data.load(name, split="test", n=n, task=task)
-        out[f"{task}_acc"] = zero_shot_accuracy(
-            clip.encode_images(s, progress=False), clip.class_embeddings(s.classnames, s.templates), s.labels
-        )
-    for name in ("mnist", "sklearn-digits"):
-        s = data.load(name, n=n)
-        out[f"{name}_acc"] = zero_shot_accuracy(
-            clip.encode_images(s, progress=False), clip.class_embeddings(s.classnames, s.templates), s.labels
-        )
+    acc = zero_shot_accuracies(clip, world_sets(n, domains=("photo",)))
+    out = {f"{task}_acc": acc["photo", task] for _, task in TASKS}
+    for name in REAL_DIGITS:
+        out[f"{name}_acc"] = set_accuracy(clip, data.load(name, n=n))
     p = data.load("shapes-pairs", split="test", n=n)
-    out["gap"] = centroid_distance(clip.encode_images(p, progress=False), clip.encode_texts(p.first_captions()))
+    out["gap"] = metrics.centroid_distance(clip.encode_images(p, progress=False), clip.encode_texts(p.first_captions()))
     return out
 
 
 def save_weights(model, path: Path, overwrite: bool = False) -> None:
-    """fp16 safetensors, written to a temporary file and moved into place."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "modgap": "modgap-tiny"})
-    os.replace(tmp, path)
+    """fp16 safetensors, written to a temporary file and moved into place;
+    the header names the model so a reader can tell the file apart."""
+    save_state_dict(model, path, overwrite, dtype=torch.float16, metadata={"modgap": "modgap-tiny"})
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m modgap.zoo.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m modgap.pretrain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for weights and logs")
     ap.add_argument("--epochs", type=int, default=10)
@@ -131,7 +110,7 @@ def main(argv=None) -> int:
 
         load_checkpoint(model, args.init)
         model.logit_scale.requires_grad_(False)
-    from ..embed import pixels_to_tensor
+    from .embed import pixels_to_tensor
 
     steps_per_epoch = args.pairs // args.batch_size
     total = steps_per_epoch * args.epochs
@@ -152,7 +131,7 @@ def main(argv=None) -> int:
                 break
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
             x = pixels_to_tensor(pairs.images[idx])
-            lr = _lr_at(step, total, args.lr, warmup)
+            lr = learning_rate_at(step, total, args.lr, warmup, "cosine")
             for g in opt.param_groups:
                 g["lr"] = lr
             fi = model.encode_image(x, normalize=True)

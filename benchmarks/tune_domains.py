@@ -1,6 +1,7 @@
 """Choose how strong each shifted domain is, for a given model.
 
-    python -m modgap.zoo.tune_domains [--model modgap-tiny] [--n 600]
+    python benchmarks/tune_domains.py [--model modgap-tiny] [--n 600]
+    python benchmarks/tune_domains.py --smoke     # tiny sizes, a few seconds
 
 A shifted domain is useful for teaching adaptation when it costs zero-shot
 accuracy (at least 15 points against ``photo``) yet leaves signal to win
@@ -10,9 +11,9 @@ script prints the accuracy per task, and it proposes the strength with the
 largest margin on both conditions. Each domain has two strengths: ``g``
 for what hides the form (outline-only, darkness, noise) and ``c`` for what
 hides the colour (graphite, blue cast, washed-out colour); ``g`` is swept
-first with ``c`` at one half, then ``c`` with ``g`` at its choice. The chosen values are written into
-``modgap/data/render.py`` (``DOMAIN_PARAMS``) by hand, and the model card
-records them.
+first with ``c`` at one half, then ``c`` with ``g`` at its choice. The chosen
+values are written into ``modgap/data/render.py`` (``DOMAIN_PARAMS``) by
+hand, and the model card records them.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from .. import data, metrics
-from ..data.render import DOMAIN_PARAMS
-
-TASKS = (("shapes", "shape"), ("shapes", "color"), ("glyphs", "digit"))
+import modgap
+from modgap import data, metrics
+from modgap.data.render import DOMAIN_PARAMS
+from modgap.evaluate import TASKS
 
 
 def params_at(domain: str, g: float, c: float) -> dict:
@@ -89,15 +90,16 @@ def sweep(clip, strengths, n: int = 600, seed: int = 0) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    from ..models import load_model
-
-    ap = argparse.ArgumentParser(prog="python -m modgap.zoo.tune_domains", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python benchmarks/tune_domains.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="modgap-tiny")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--steps", type=int, default=9)
+    ap.add_argument("--smoke", action="store_true", help="20 images and 2 strengths: checks that it runs")
     args = ap.parse_args(argv)
-    clip = load_model(args.model, device="auto")
+    if args.smoke:
+        args.n, args.steps = 20, 2
+    clip = modgap.load_model(args.model, device="auto")
     df = sweep(clip, np.linspace(0, 1, args.steps), n=args.n)
     print("photo:", {k: round(v, 3) for k, v in df.attrs["photo"].items()})
     print(df.round(3).to_string(index=False))
