@@ -3,7 +3,6 @@ and the estimator contract (see :class:`Estimator`)."""
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from pathlib import Path
 
@@ -141,6 +140,7 @@ class Estimator(BaseEstimator):
                 "format": _FORMAT, "version": _FORMAT_VERSION, "estimator": type(self).__name__,
                 "base_model": getattr(self.clip, "name", None), "default_model": next(iter(models)),
                 "models": list(models), "params": self._settings(),
+                "tuple_params": [k for k, v in self.get_params(deep=False).items() if isinstance(v, tuple)],
                 "fitted": {k: _plain(getattr(self, k)) for k in self._saved_scalars},
             }
             (tmp / RUN_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -198,10 +198,9 @@ class Estimator(BaseEstimator):
             models[name] = model.to(clip.device)
         for model in models.values():
             model.eval().requires_grad_(False)
-        # JSON has no tuples: settings whose default is a tuple come back as one
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
-        params = {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
-                  for k, v in meta["params"].items()}
+        # JSON has no tuples: the settings that were tuples come back as tuples
+        tuples = set(meta.get("tuple_params", ()))
+        params = {k: tuple(v) if k in tuples else v for k, v in meta["params"].items()}
         est = cls(clip=clip, **params)
         est._restore_models(models)
         if est._saved_arrays:
