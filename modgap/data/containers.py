@@ -40,6 +40,20 @@ def _check_images(images, name: str, source=None):
     return images
 
 
+def _check_classes(dataset, n: int, kind: str) -> None:
+    """Class names and templates as lists, every template with a ``{}``,
+    and the labels (if any) as indices into the class names."""
+    dataset.classnames = list(dataset.classnames)
+    dataset.templates = list(dataset.templates)
+    for t in dataset.templates:
+        if "{}" not in t:
+            raise ValueError(f"{kind} {dataset.name!r}: template {t!r} has no '{{}}' where the class name goes")
+    if dataset.labels is not None:
+        dataset.labels = check_labels(dataset.labels, n, len(dataset.classnames),
+                                      f"labels of {kind} {dataset.name!r}", context=dataset.source or "",
+                                      classnames=dataset.classnames)
+
+
 def _take(images, idx: np.ndarray):
     if isinstance(images, np.ndarray):
         return images[idx]
@@ -74,14 +88,7 @@ class ImageSet:
     def __post_init__(self):
         self.images = _check_images(self.images, f"ImageSet {self.name!r}", self.source)
         n = len(self.images)
-        self.classnames = list(self.classnames)
-        self.templates = list(self.templates)
-        for t in self.templates:
-            if "{}" not in t:
-                raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
-        if self.labels is not None:
-            self.labels = check_labels(self.labels, n, len(self.classnames), f"labels of ImageSet {self.name!r}",
-                                       context=self.source or "", classnames=self.classnames)
+        _check_classes(self, n, "ImageSet")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -158,11 +165,7 @@ class PairSet:
             if not c:
                 raise ValueError(f"PairSet {self.name!r}: image {i} has no caption")
         self.captions = caps
-        self.classnames = list(self.classnames)
-        self.templates = list(self.templates)
-        if self.labels is not None:
-            self.labels = check_labels(self.labels, n, len(self.classnames), f"labels of PairSet {self.name!r}",
-                                       context=self.source or "", classnames=self.classnames)
+        _check_classes(self, n, "PairSet")
 
     def __len__(self) -> int:
         return len(self.images)
