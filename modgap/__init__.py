@@ -21,6 +21,7 @@ __all__ = [
     "ModelLoadError",
     "__version__",
     "adapt",
+    "compare_closers",
     "data",
     "load_model",
     "metrics",
@@ -35,4 +36,6 @@ def __getattr__(name):
     # matplotlib, umap and ipywidgets load only when their modules are used
     if name in ("viz", "adapt", "widgets", "zoo"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "compare_closers":
+        return importlib.import_module(".adapt", __name__).compare_closers
     raise AttributeError(f"module 'modgap' has no attribute {name!r}")

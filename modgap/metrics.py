@@ -14,6 +14,16 @@ Two distances between the modality centroids are provided and named apart:
 * :func:`centroid_mse`, the figure CLIP-Refine's code logs (Yamaguchi et al.,
   2025), ``||c_I - c_T||^2 / D``.
 
+Two scale-free gap figures in [0, 1] are named apart too:
+
+* :func:`relative_gap`, a correlation ratio: the between-modality share of
+  the pooled variance, from the centroids and spreads alone (no pairing);
+* :func:`relative_modality_gap`, the RMG of Schrodi et al. (2025): the
+  distance of matched pairs against the distances within each modality.
+
+:func:`gap_anatomy` and :func:`gap_split` say how the gap is made up: over
+the embedding dimensions, and into a centroid shift and the rest.
+
 Bad input (empty arrays, NaN or infinite entries, rows of zero norm,
 dimension or pair-count mismatches, fewer than two classes) raises a
 ``ValueError`` that names the argument, never a silent NaN.
@@ -28,6 +38,11 @@ Wang, Isola. "Understanding Contrastive Representation Learning through
 Alignment and Uniformity on the Hypersphere". ICML 2020.
 Roy, Vetterli. "The effective rank: A measure of effective dimensionality".
 EUSIPCO 2007.
+Schrodi, Hoffmann, Argus, Fischer, Brox. "Two Effects, One Trigger: On the
+Modality Gap, Object Bias, and Information Imbalance in Contrastive
+Vision-Language Models". ICLR 2025.
+Zhang, Sui, Yeung. "Connect, Collapse, Corrupt: Learning Cross-Modal Tasks
+with Uni-Modal Data". ICLR 2024.
 """
 from __future__ import annotations
 
@@ -42,6 +57,7 @@ from .validation import (
     check_embeddings,
     check_int_array,
     check_labels,
+    check_number,
     check_pair,
     check_random_state,
     check_same_dim,
@@ -54,13 +70,18 @@ __all__ = [
     "centroid_distance",
     "centroid_mse",
     "check_embeddings",
+    "dims_for_share",
     "effective_rank",
     "effective_rank_from_spectrum",
+    "gap_anatomy",
     "gap_report",
+    "gap_split",
     "gap_vector",
+    "instance_gap",
     "linear_separability",
     "paired_cosine",
     "relative_gap",
+    "relative_modality_gap",
     "retrieval_recall",
     "shift_along_gap",
     "shift_pair",
@@ -206,6 +227,12 @@ def relative_gap(image_emb, text_emb) -> float:
     embeddings of each modality are more concentrated; it tells how large
     the gap is relative to the spread of the clouds.
 
+    Not :func:`relative_modality_gap` (the RMG of Schrodi et al., 2025):
+    that one needs the pairing and puts the distance of matched pairs,
+    centroid shift and pair misalignment together, over itself plus the
+    distances within each modality. This one sees only the centroid shift,
+    so it does not change when the pairs are shuffled.
+
     References
     ----------
     Pearson, "On the general theory of skew correlation and non-linear
@@ -286,6 +313,266 @@ def alignment(image_emb, text_emb, alpha: float = 2.0, text_to_image=None) -> fl
     img, txt = check_pair(image_emb, text_emb)
     idx = _pair_index(len(img), len(txt), text_to_image)
     return float((np.linalg.norm(img[idx] - txt, axis=1) ** alpha).mean())
+
+
+# -- the gap relative to the spread, and how it is made up -------------------------------
+def _pair_diff_blocks(img: np.ndarray, txt: np.ndarray, idx: np.ndarray):
+    """``img[idx] - txt`` in blocks of rows, so that no copy of the image set is made."""
+    rows = max(1, _BLOCK // img.shape[1])
+    for start in range(0, len(txt), rows):
+        stop = min(start + rows, len(txt))
+        yield img[idx[start:stop]] - txt[start:stop]
+
+
+def _pair_sq_distances(img: np.ndarray, txt: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.einsum("ij,ij->i", z, z) for z in _pair_diff_blocks(img, txt, idx)])
+
+
+def _offdiag_distance(x: np.ndarray) -> float:
+    """Mean of ``(1 - cos) / 2`` over ordered pairs of distinct unit rows, from
+    ``sum_{i != j} <x_i, x_j> = ||sum_i x_i||^2 - sum_i ||x_i||^2``."""
+    n = len(x)
+    s = x.sum(axis=0)
+    cross = float(s @ s) - float(np.einsum("ij,ij->", x, x))
+    return max(0.0, (1.0 - cross / (n * (n - 1))) / 2.0)
+
+
+def _check_two_rows(img: np.ndarray, txt: np.ndarray, what: str) -> None:
+    for x, name in ((img, "image_emb"), (txt, "text_emb")):
+        if len(x) < 2:
+            raise ValueError(f"{name} has {len(x)} row; {what} compares distinct rows within each modality, "
+                             "so it needs at least 2")
+
+
+def relative_modality_gap(image_emb, text_emb, text_to_image=None) -> float:
+    """Relative modality gap (RMG) of Schrodi et al. (2025): the distance of
+    matched pairs measured against the distances within each modality, in [0, 1].
+
+    With ``d(a, b) = 1 - (cos(a, b) + 1) / 2`` (in [0, 1]) this returns
+
+        RMG = m / (m + (d_II + d_TT) / 2),
+
+    ``m`` the mean ``d`` over matched pairs (text ``j`` with image
+    ``text_to_image[j]``, or row ``i`` with row ``i``), ``d_II`` the mean
+    ``d`` over all ordered pairs of distinct images and ``d_TT`` the same over
+    distinct texts. Why relative: an absolute figure such as
+    :func:`centroid_distance` also changes with how spread out each modality
+    is, so RMG reads the pair distance against that spread, which lets
+    models with differently shaped clouds be compared. 0 means every text
+    sits on its image.
+
+    The within-modality means are exact and cost O(N D), without the N x N
+    similarity matrix, from ``sum_{i != j} <x_i, x_j> = ||sum_i x_i||^2 - N``
+    for unit rows, so a million embeddings are fine. ``m`` is computed as
+    ``||x - y||^2 / 4``, which equals ``d`` on unit vectors and is exactly 0
+    for identical rows.
+
+    Departure from the authors' code (``compute_rmg`` in
+    lmb-freiburg/two-effects-one-trigger): it floors the mean matched
+    distance, setting it to 1e-3 when it is not positive; here it is not
+    floored, so RMG is exactly 0 when every text equals its image.
+
+    Not :func:`relative_gap`: that one is a correlation ratio, the
+    between-modality share of the pooled variance, computed from the
+    centroids and the spread of each modality with no use of the pairing.
+    RMG's numerator is the
+    distance of matched pairs, which holds the centroid shift *and* the
+    misalignment of each pair (see :func:`gap_split`), so shuffling which
+    text goes with which image raises RMG but leaves ``relative_gap`` as it is.
+
+    Parameters
+    ----------
+    image_emb : array [N, D], N >= 2
+    text_emb : array [M, D], M >= 2
+    text_to_image : int array [M] or None
+        For several captions per image, the image index of every text.
+
+    References
+    ----------
+    Schrodi, Hoffmann, Argus, Fischer, Brox. "Two Effects, One Trigger: On
+    the Modality Gap, Object Bias, and Information Imbalance in Contrastive
+    Vision-Language Models". ICLR 2025 (the relative modality gap; code:
+    lmb-freiburg/two-effects-one-trigger).
+    """
+    img, txt = check_pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    _check_two_rows(img, txt, "relative_modality_gap")
+    return _rmg(img, txt, idx)
+
+
+def _rmg(img: np.ndarray, txt: np.ndarray, idx: np.ndarray) -> float:
+    m = float(_pair_sq_distances(img, txt, idx).mean()) / 4.0
+    total = m + 0.5 * (_offdiag_distance(img) + _offdiag_distance(txt))
+    if total <= 1e-15:
+        raise ValueError("image_emb and text_emb are all the same point; relative_modality_gap is undefined")
+    return m / total
+
+
+def instance_gap(image_emb, text_emb, text_to_image=None) -> float:
+    """Instance-wise L2 gap of Schrodi et al. (2025): the mean over texts of
+    ``||normalize(image of text j) - normalize(text j)||_2``, in [0, 2].
+
+    Where :func:`centroid_distance` compares the two clouds as wholes, this
+    looks at each pair, so it also counts pairs that are far apart even when
+    the centroids coincide. It equals :func:`alignment` with ``alpha=1``.
+    Pairs are as in :func:`paired_cosine`.
+
+    It is an absolute distance; :func:`relative_modality_gap` scales the
+    pair distance by the spread within each modality, and
+    :func:`relative_gap` is the between-modality share of the pooled
+    variance (no pairing).
+
+    References
+    ----------
+    Schrodi et al., "Two Effects, One Trigger", ICLR 2025 (the instance-wise
+    L2 distance, ``l2_instancewise`` in lmb-freiburg/two-effects-one-trigger).
+    """
+    img, txt = check_pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    return float(np.sqrt(_pair_sq_distances(img, txt, idx)).mean())
+
+
+def gap_anatomy(image_emb, text_emb) -> pd.DataFrame:
+    """How the squared centroid gap ``||c_I - c_T||^2`` spreads over the
+    embedding dimensions (``c`` the mean of the normalised embeddings).
+
+    Schrodi et al. (2025) find that in CLIP models a few embedding
+    dimensions carry most of the gap; this table shows whether a model (or
+    a fine-tuned one) does the same. It depends on the basis: a rotation of
+    the space changes it, a permutation of the dimensions only relabels it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per dimension, sorted by ``share``, largest first (ties by
+        dimension), with columns ``dim`` (the index of the dimension),
+        ``gap`` (the signed component ``c_I - c_T``), ``share``
+        (``gap^2 / sum gap^2``; they sum to 1) and ``cumulative`` (the
+        running sum of ``share``). See :func:`dims_for_share`.
+
+    Raises ``ValueError`` when the two centroids coincide, for then there is
+    no gap to split.
+
+    References
+    ----------
+    Schrodi et al., "Two Effects, One Trigger: On the Modality Gap, Object
+    Bias, and Information Imbalance in Contrastive Vision-Language Models",
+    ICLR 2025 (a few embedding dimensions drive the gap).
+    """
+    img, txt = check_pair(image_emb, text_emb)
+    return _anatomy(_centroid_gap(img, txt))
+
+
+def _anatomy(gap: np.ndarray) -> pd.DataFrame:
+    sq = gap * gap
+    if not sq.sum() > 1e-24:
+        raise ValueError("image_emb and text_emb have the same centroid, so there is no gap to split "
+                         "over the dimensions")
+    order = np.argsort(-sq, kind="stable")
+    cum = np.cumsum(sq[order])
+    return pd.DataFrame({
+        "dim": order.astype(np.int64),
+        "gap": gap[order],
+        "share": sq[order] / cum[-1],
+        "cumulative": cum / cum[-1],
+    })
+
+
+def dims_for_share(anatomy, fraction: float) -> int:
+    """How many of the largest dimensions of :func:`gap_anatomy` carry
+    ``fraction`` of the squared centroid gap: the smallest k whose k
+    largest shares add up to at least ``fraction`` (up to rounding, 1e-9).
+
+    A small count for ``fraction=0.9`` against a width of hundreds is the
+    "few dimensions drive the gap" finding of Schrodi et al. (2025).
+
+    Parameters
+    ----------
+    anatomy : pandas.DataFrame
+        The table of :func:`gap_anatomy` (in any row order).
+    fraction : float in (0, 1]
+
+    References
+    ----------
+    Schrodi et al., "Two Effects, One Trigger", ICLR 2025.
+    """
+    if not isinstance(anatomy, pd.DataFrame):
+        raise TypeError(f"anatomy must be the DataFrame returned by gap_anatomy, got {type(anatomy).__name__}")
+    if "share" not in anatomy.columns or anatomy.empty:
+        raise ValueError("anatomy has no 'share' column or no rows; pass the DataFrame returned by gap_anatomy")
+    f = check_number(fraction, "fraction", low=0.0, high=1.0, low_open=True)
+    shares = pd.to_numeric(anatomy["share"], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(shares).all() or (shares < 0).any():
+        raise ValueError("anatomy's share column must hold finite non-negative numbers; pass the output "
+                         "of gap_anatomy")
+    return _dims_for_share(np.cumsum(np.sort(shares)[::-1]), f)
+
+
+def _dims_for_share(cum: np.ndarray, fraction: float) -> int:
+    reach = cum >= fraction - 1e-9
+    if not reach.any():
+        raise ValueError(f"anatomy's shares add up to only {cum[-1]:.6g}, short of fraction={fraction:g}; "
+                         "pass the whole table of gap_anatomy")
+    return int(np.argmax(reach)) + 1
+
+
+def gap_split(image_emb, text_emb, text_to_image=None) -> dict[str, float]:
+    """The exact split of the mean squared distance of matched pairs into
+    the centroid shift and what remains after centring each modality.
+
+    With ``x_j`` the normalised image of text ``j``, ``y_j`` the normalised
+    text, and ``c_I``, ``c_T`` their means over the matched rows (an image
+    with several captions counts once per caption):
+
+        E ||x_j - y_j||^2 = ||c_I - c_T||^2 + E ||(x_j - c_I) - (y_j - c_T)||^2.
+
+    Returns
+    -------
+    dict
+        ``total`` (the left side, :func:`alignment` with ``alpha=2``),
+        ``centroid`` (``||c_I - c_T||^2``: what a shift of each modality by a
+        constant vector, such as subtracting each modality's mean, can
+        remove), ``distribution`` (what remains once both are centred: pairs
+        that disagree beyond the shift) and ``centroid_share``
+        (``centroid / total``; 0 when ``total`` is 0, as there is then no
+        gap to remove).
+
+    Liang et al. (2022) close the gap by shifting along the centroid
+    difference, and Zhang et al. (2024) remove it by centring each modality;
+    the ``centroid`` part is what such a step can gain, the ``distribution``
+    part is out of its reach.
+
+    References
+    ----------
+    Liang et al., "Mind the Gap", NeurIPS 2022 (shifting along the gap).
+    Zhang, Sui, Yeung. "Connect, Collapse, Corrupt: Learning Cross-Modal
+    Tasks with Uni-Modal Data". ICLR 2024 (removing the gap by mean centring).
+    """
+    img, txt = check_pair(image_emb, text_emb)
+    idx = _pair_index(len(img), len(txt), text_to_image)
+    return _gap_split(img, txt, idx)
+
+
+def _gap_split(img: np.ndarray, txt: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+    m = len(txt)
+    total = 0.0
+    shift = np.zeros(img.shape[1])
+    for z in _pair_diff_blocks(img, txt, idx):
+        total += float(np.einsum("ij,ij->", z, z))
+        shift += z.sum(axis=0)
+    total /= m
+    shift /= m
+    rest = 0.0
+    for z in _pair_diff_blocks(img, txt, idx):
+        zc = z - shift
+        rest += float(np.einsum("ij,ij->", zc, zc))
+    centroid = float(shift @ shift)
+    return {
+        "total": total,
+        "centroid": centroid,
+        "distribution": rest / m,
+        "centroid_share": centroid / total if total > 0 else 0.0,
+    }
 
 
 def uniformity(emb, t: float = 2.0, sample_size: int | None = None, random_state=0) -> float:
@@ -672,12 +959,18 @@ def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, label
     -------
     pandas.Series
         ``n_images, n_texts, dim, centroid_distance, centroid_mse,
-        relative_gap, paired_cosine, unpaired_cosine, alignment,
-        uniformity_image, uniformity_text, linear_separability,
-        effective_rank_image, effective_rank_text``, then ``i2t_R@k`` and
-        ``t2i_R@k`` for each k, then ``zero_shot_accuracy`` when a task is
-        given. ``centroid_distance`` is Liang et al.'s gap distance and
-        ``centroid_mse`` is CLIP-Refine's logged form (see those functions).
+        relative_gap, relative_modality_gap, instance_gap,
+        gap_centroid_share, gap_dims_50, gap_dims_90, paired_cosine,
+        unpaired_cosine, alignment, uniformity_image, uniformity_text,
+        linear_separability, effective_rank_image, effective_rank_text``,
+        then ``i2t_R@k`` and ``t2i_R@k`` for each k, then
+        ``zero_shot_accuracy`` when a task is given. ``centroid_distance`` is
+        Liang et al.'s gap distance and ``centroid_mse`` is CLIP-Refine's
+        logged form (see those functions). ``gap_centroid_share`` is
+        :func:`gap_split`'s ``centroid_share`` and ``gap_dims_50`` /
+        ``gap_dims_90`` are :func:`dims_for_share` of :func:`gap_anatomy` at
+        0.5 and 0.9 (0 when the centroids coincide, as there is then no gap
+        to carry); these two depend on the basis of the embedding space.
 
     References
     ----------
@@ -694,6 +987,11 @@ def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, label
         if len(x) < 4:
             raise ValueError(f"{nm} has {len(x)} rows; gap_report needs at least 4 per modality")
     gap = _centroid_gap(img, txt)
+    if (gap * gap).sum() > 1e-24:
+        cum = _anatomy(gap)["cumulative"].to_numpy()
+        dims = (_dims_for_share(cum, 0.5), _dims_for_share(cum, 0.9))
+    else:
+        dims = (0, 0)
     matched = np.einsum("ij,ij->i", img[idx], txt)
     n_unmatched = len(img) * len(txt) - len(txt)
     out = {
@@ -703,6 +1001,11 @@ def gap_report(image_emb, text_emb, *, text_to_image=None, class_emb=None, label
         "centroid_distance": float(np.linalg.norm(gap)),
         "centroid_mse": float(gap @ gap / gap.size),
         "relative_gap": _relative_gap(img, txt),
+        "relative_modality_gap": _rmg(img, txt, idx),
+        "instance_gap": float(np.sqrt(_pair_sq_distances(img, txt, idx)).mean()),
+        "gap_centroid_share": _gap_split(img, txt, idx)["centroid_share"],
+        "gap_dims_50": float(dims[0]),
+        "gap_dims_90": float(dims[1]),
         "paired_cosine": float(matched.mean()),
         "unpaired_cosine": (float(img.sum(axis=0) @ txt.sum(axis=0)) - float(matched.sum())) / n_unmatched,
         "alignment": float((np.linalg.norm(img[idx] - txt, axis=1) ** 2).mean()),

@@ -44,6 +44,7 @@ __all__ = [
     "fit_2d",
     "plot_embedding_shift",
     "plot_embeddings",
+    "plot_gap_anatomy",
     "plot_gap_shift",
     "plot_images",
     "plot_report_comparison",
@@ -707,6 +708,77 @@ def plot_spectrum(emb, text_emb=None, *, ax=None, normalize: bool = True, relati
     ax.set_ylabel("share of variance" if relative else "eigenvalue")
     ax.legend(fontsize="small")
     ax.set_title(title if title is not None else "Covariance spectrum")
+    return ax
+
+
+# -- gap anatomy --------------------------------------------------------------------------------
+def plot_gap_anatomy(anatomy, top: int = 20, ax=None, title: str | None = None):
+    """Which embedding dimensions carry the modality gap: bars of the
+    ``top`` largest shares of the squared centroid gap (labelled by the
+    index of the dimension), and their cumulative share as a line on a twin
+    axis, with dotted marks at 50% and 90%.
+
+    Schrodi et al. (2025) find that a few dimensions drive the gap of CLIP
+    models; a steep cumulative line that reaches 90% within a few bars shows
+    that here. The bars carry the gid ``"share-bars"``, the line
+    ``"cumulative-line"`` and the marks ``"mark-50"`` and ``"mark-90"``; the
+    twin axis, which holds the line, the marks and the legend, is in
+    ``ax.figure.axes``.
+
+    Parameters
+    ----------
+    anatomy : pandas.DataFrame or (image_emb, text_emb)
+        The table of :func:`modgap.metrics.gap_anatomy`, or the two arrays
+        to compute it from.
+    top : int
+        How many dimensions to draw (all of them when fewer).
+    ax : matplotlib Axes or None
+    title : str or None
+
+    Returns
+    -------
+    matplotlib.axes.Axes (the share axis)
+
+    References
+    ----------
+    Schrodi et al., "Two Effects, One Trigger: On the Modality Gap, Object
+    Bias, and Information Imbalance in Contrastive Vision-Language Models",
+    ICLR 2025.
+    """
+    if isinstance(top, bool) or not isinstance(top, Integral) or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top!r}")
+    if isinstance(anatomy, (tuple, list)) and len(anatomy) == 2:
+        anatomy = _m.gap_anatomy(*anatomy)
+    if not isinstance(anatomy, pd.DataFrame):
+        raise TypeError("anatomy must be the DataFrame returned by modgap.metrics.gap_anatomy or a pair "
+                        f"(image_emb, text_emb), got {type(anatomy).__name__}")
+    missing = [c for c in ("dim", "share") if c not in anatomy.columns]
+    if missing or anatomy.empty:
+        raise ValueError(f"anatomy lacks the column(s) {missing} or has no rows; pass the output of gap_anatomy")
+    table = anatomy.sort_values("share", ascending=False, kind="stable")
+    shares = table["share"].to_numpy(dtype=np.float64)
+    cum = np.cumsum(shares)
+    k = min(int(top), len(table))
+    x = np.arange(k)
+    ax = _new_ax(ax, figsize=(max(6.0, 0.32 * k + 2.5), 4.5))
+    bars = ax.bar(x, shares[:k], color="C0", label="share of ||c_I - c_T||^2", gid="share-bars")
+    ax.set_xticks(x, [str(d) for d in table["dim"].to_numpy()[:k]], rotation=90 if k > 12 else 0,
+                  fontsize="small")
+    ax.set_xlabel(f"embedding dimension (the {k} largest shares of {len(table)})")
+    ax.set_ylabel("share of the squared gap", color="C0")
+    ax2 = ax.twinx()
+    line, = ax2.plot(x, cum[:k], "o-", color="C1", ms=3, label="cumulative share", gid="cumulative-line")
+    handles = [bars, line]
+    for level, style in ((0.5, ":"), (0.9, "--")):
+        reach = cum >= level - 1e-9
+        n = int(np.argmax(reach)) + 1 if reach.any() else None
+        where = "not reached" if n is None else f"{n} dimension" + ("s" if n > 1 else "")
+        handles.append(ax2.axhline(level, color="0.4", ls=style, lw=1,
+                                   label=f"{level:.0%} of the gap ({where})", gid=f"mark-{int(level * 100)}"))
+    ax2.set_ylim(0.0, 1.05)
+    ax2.set_ylabel("cumulative share", color="C1")
+    ax2.legend(handles=handles, loc="center right", fontsize="small")
+    ax.set_title(title if title is not None else "Which dimensions carry the gap")
     return ax
 
 

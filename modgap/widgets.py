@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "Dashboard",
     "LiveHistory",
+    "closer_explorer",
     "gap_shift_explorer",
     "hybrid_target_explorer",
     "label_propagation_explorer",
@@ -156,6 +157,93 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
     dash.controls = {"delta": slider}
     dash.curve = curve
     update(delta)
+    return dash
+
+
+def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer: str = "none",
+                    delta: float | None = None, method: str = "pca", max_points: int = 600,
+                    random_state: int = 0) -> Dashboard:
+    """Pick a post-hoc closer (:mod:`modgap.adapt.posthoc`) and watch the
+    map and the gap figures change.
+
+    The closer is fitted on the embeddings shown and applied to them; the
+    map keeps one 2-D frame, fitted on the original embeddings, so the
+    points move. With ``class_emb`` and ``labels`` (one label per image) the
+    panel also gives zero-shot accuracy, with the class embeddings moved as
+    texts. ``delta`` is the shift of ``"gap-shift"`` (default: the centroid
+    distance, which makes the centroids meet before renormalisation).
+    """
+    import ipywidgets as w
+
+    from . import metrics, viz
+    from .adapt.posthoc import CLOSERS
+    from .validation import check_pair
+
+    names = ("none", *CLOSERS)
+    if closer not in names:
+        raise ValueError(f"closer must be one of {names}, got {closer!r}")
+    img, txt = check_pair(image_emb, text_emb)
+    gap0 = metrics.centroid_distance(img, txt)
+    delta = gap0 if delta is None else float(delta)
+    rng = np.random.default_rng(random_state)
+    pick_i = np.sort(rng.choice(len(img), size=min(max_points, len(img)), replace=False))
+    pick_t = np.sort(rng.choice(len(txt), size=min(max_points, len(txt)), replace=False))
+    _, reducer = viz.fit_2d(np.concatenate([img[pick_i], txt[pick_t]]), method=method,
+                            random_state=random_state, return_reducer=True)
+
+    def figures(name, shift):
+        if name == "none":
+            return img, txt, class_emb
+        est = CLOSERS[name](delta=shift) if name == "gap-shift" else CLOSERS[name]()
+        est.fit(img, txt)
+        moved_img, moved_txt = est.transform(img, txt)
+        moved_cls = None if class_emb is None else est.transform_texts(class_emb)
+        return moved_img, moved_txt, moved_cls
+
+    limits = {}
+
+    def draw(fig, closer, delta):
+        m_img, m_txt, m_cls = figures(closer, delta)
+        state = {"centroid_distance": metrics.centroid_distance(m_img, m_txt),
+                 "relative_modality_gap": metrics.relative_modality_gap(m_img, m_txt)}
+        if m_cls is not None and labels is not None:
+            state["zero_shot_accuracy"] = metrics.zero_shot_accuracy(m_img, m_cls, labels)
+        ax_map, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
+        viz.draw_map(reducer.transform(m_img[pick_i]), reducer.transform(m_txt[pick_t]), method=method,
+                     gap=state["centroid_distance"], ax=ax_map)
+        if not limits:
+            limits.update(x=ax_map.get_xlim(), y=ax_map.get_ylim())
+        ax_map.set_xlim(*limits["x"])
+        ax_map.set_ylim(*limits["y"])
+        ax_map.set_title(f"{closer}" + (f" (delta {delta:.2f})" if closer == "gap-shift" else ""),
+                         fontsize="medium")
+        names_, values = list(state), list(state.values())
+        ax_bar.barh(names_, values, color="tab:blue")
+        for y, v in enumerate(values):
+            ax_bar.text(v, y, f" {v:.3f}", va="center")
+        ax_bar.set_xlim(0, max(1.0, max(values) * 1.25))
+        ax_bar.invert_yaxis()
+        ax_bar.set_title("figures after the closer", fontsize="medium")
+        fig.tight_layout()
+        return state
+
+    out, fig, redraw = _figure_output(draw)
+    picker = w.ToggleButtons(options=list(names), value=closer, description="closer")
+    slider = w.FloatSlider(value=delta, min=0.0, max=round(2 * max(gap0, 0.5), 2), step=0.05,
+                           description="delta", continuous_update=False, readout_format=".2f")
+    dash = Dashboard(w.VBox([picker, slider, out]), fig, None)
+
+    def update(closer=None, delta=None):
+        closer = picker.value if closer is None else closer
+        delta = slider.value if delta is None else float(delta)
+        dash.state = redraw(closer=closer, delta=delta)
+        return dash.state
+
+    dash.update = update
+    picker.observe(lambda change: update(closer=change["new"]), names="value")
+    slider.observe(lambda change: update(delta=change["new"]), names="value")
+    dash.controls = {"closer": picker, "delta": slider}
+    update(closer, delta)
     return dash
 
 

@@ -296,6 +296,175 @@ def test_retrieval_directions_swap_with_the_arguments():
         assert ab[f"t2i_R@{k}"] == ba[f"i2t_R@{k}"]
 
 
+# -- relative modality gap, instance gap, anatomy and split ------------------------------------------
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def direct_rmg(img, txt, owner):
+    """Schrodi et al.'s RMG with the N x N similarity matrices, as their code computes it (without
+    the floor on the matched distance)."""
+    x, y = unit(img), unit(txt)
+
+    def d(cos):
+        return 1 - (cos + 1) / 2
+
+    m = d(np.einsum("ij,ij->i", x[owner], y)).mean()
+    sii, stt = x @ x.T, y @ y.T
+    d_ii = d(sii[~np.eye(len(x), dtype=bool)]).mean()
+    d_tt = d(stt[~np.eye(len(y), dtype=bool)]).mean()
+    return m / (m + (d_ii + d_tt) / 2)
+
+
+def captioned(seed=3, n=7, per=3, d=5, offset=0.8):
+    """n images with per captions each, image 0 with twice as many, in shuffled order; the captions near
+    their image."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(n, d))
+    owner = rng.permutation(np.r_[np.repeat(np.arange(n), per), np.zeros(per, dtype=np.int64)])
+    txt = img[owner] + 0.6 * rng.normal(size=(len(owner), d)) + offset * eye(d)[0]
+    return img, txt, owner
+
+
+def test_relative_modality_gap_matches_the_direct_formula():
+    img = np.array([[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [-0.4, 0.5, 1.0], [0.3, -1.0, 0.2]])
+    txt = np.array([[0.9, 0.5, 0.4], [0.0, 0.8, 0.9], [-0.2, 0.1, 1.2], [0.6, -0.7, 0.8]])
+    assert M.relative_modality_gap(img, txt) == pytest.approx(direct_rmg(img, txt, np.arange(4)), abs=1e-12)
+    img, txt, owner = captioned()
+    expected = direct_rmg(img, txt, owner)
+    assert M.relative_modality_gap(img, txt, text_to_image=owner) == pytest.approx(expected, abs=1e-12)
+    ti, tt = torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32)
+    assert M.relative_modality_gap(ti, tt, text_to_image=torch.tensor(owner)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_relative_modality_gap_works_in_blocks(monkeypatch):
+    img, txt, owner = captioned(n=12)
+    expected = M.relative_modality_gap(img, txt, text_to_image=owner)
+    monkeypatch.setattr(M, "_BLOCK", 10)
+    assert M.relative_modality_gap(img, txt, text_to_image=owner) == pytest.approx(expected, abs=1e-14)
+
+
+def test_relative_modality_gap_is_zero_without_a_gap_and_grows_with_an_offset():
+    img, _, owner = captioned()
+    assert M.relative_modality_gap(img, img) == 0.0
+    assert M.relative_modality_gap(img, 4 * img[owner], text_to_image=owner) == 0.0
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(30, 8))
+    txt = img + 0.3 * rng.normal(size=(30, 8))
+    values = [M.relative_modality_gap(img, txt + s * eye(8)[2]) for s in (0.0, 0.5, 1.0, 2.0, 4.0)]
+    assert (np.diff(values) > 0).all()
+    assert 0 < values[0] and values[-1] < 1
+
+
+def test_relative_modality_gap_uses_the_pairing_and_relative_gap_does_not():
+    img, txt = gapped(n=60, d=10, shift=0.5)
+    shuffled = txt[np.random.default_rng(1).permutation(60)]
+    assert M.relative_gap(img, shuffled) == pytest.approx(M.relative_gap(img, txt), abs=1e-12)
+    assert M.relative_modality_gap(img, shuffled) > M.relative_modality_gap(img, txt) + 0.05
+
+
+def test_instance_gap_matches_the_direct_formula():
+    img, txt, owner = captioned()
+    expected = np.mean([np.linalg.norm(unit(img)[owner[j]] - unit(txt)[j]) for j in range(len(txt))])
+    assert M.instance_gap(img, txt, text_to_image=owner) == pytest.approx(expected, abs=1e-12)
+    assert M.instance_gap(img, txt, text_to_image=owner) == pytest.approx(
+        M.alignment(img, txt, alpha=1.0, text_to_image=owner), abs=1e-12)
+    e = eye(4)
+    assert M.instance_gap(e[:2], np.array([e[0], -e[1]])) == pytest.approx(1.0)  # pair distances 0 and 2
+    assert M.instance_gap(img, img) == 0.0
+
+
+def two_axis_world(theta=0.4):
+    """Images around v and texts around -v, v = 0.6 e2 + 0.8 e5: the gap is 2 cos(theta) v, so dimension 5
+    carries 64% of its square and dimension 2 the other 36%."""
+    e = eye(8)
+    v = 0.6 * e[2] + 0.8 * e[5]
+    return cone(v, theta, [e[0], e[1]]), cone(-v, theta, [e[0], e[3], e[7]])
+
+
+def test_gap_anatomy_of_a_gap_along_two_axes():
+    img, txt = two_axis_world()
+    a = M.gap_anatomy(img * np.arange(1, 5)[:, None], txt)
+    assert list(a.columns) == ["dim", "gap", "share", "cumulative"]
+    assert a["dim"].tolist()[:2] == [5, 2]
+    assert sorted(a["dim"].tolist()) == list(range(8))
+    c = 2 * math.cos(0.4)
+    np.testing.assert_allclose(a["gap"].to_numpy()[:2], [0.8 * c, 0.6 * c], atol=1e-12)
+    np.testing.assert_allclose(a["share"].to_numpy(), [0.64, 0.36, 0, 0, 0, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(a["cumulative"].to_numpy()[:2], [0.64, 1.0], atol=1e-12)
+    assert M.dims_for_share(a, 0.5) == 1
+    assert M.dims_for_share(a, 0.64) == 1
+    assert M.dims_for_share(a, 0.65) == 2
+    assert M.dims_for_share(a, 0.9) == 2
+    assert M.dims_for_share(a, 1.0) == 2
+    assert M.dims_for_share(a.sample(frac=1.0, random_state=0), 0.65) == 2
+    np.testing.assert_allclose(M.gap_anatomy(txt, img)["gap"], -a["gap"], atol=1e-12)
+
+
+def test_gap_anatomy_shares_sum_to_one_and_follow_a_permutation_of_dimensions():
+    img, txt = gapped(n=50, d=9, shift=0.4)
+    a = M.gap_anatomy(img, txt)
+    assert a["share"].sum() == pytest.approx(1.0, abs=1e-12)
+    assert (np.diff(a["share"].to_numpy()) <= 0).all()
+    assert a["cumulative"].iloc[-1] == 1.0
+    assert (a["gap"] ** 2).sum() == pytest.approx(M.centroid_distance(img, txt) ** 2, abs=1e-12)
+    perm = np.random.default_rng(2).permutation(9)
+    b = M.gap_anatomy(img[:, perm], txt[:, perm])
+    np.testing.assert_array_equal(perm[b["dim"].to_numpy()], a["dim"].to_numpy())
+    np.testing.assert_allclose(b["share"], a["share"], atol=1e-14)
+    for f in (0.1, 0.5, 0.9, 0.99):
+        k = M.dims_for_share(a, f)
+        assert a["cumulative"].iloc[k - 1] >= f - 1e-9
+        assert k == 1 or a["cumulative"].iloc[k - 2] < f
+
+
+def direct_split(img, txt, owner):
+    x, y = unit(img)[owner], unit(txt)
+    ci, ct = x.mean(axis=0), y.mean(axis=0)
+    total = np.mean([np.sum((x[j] - y[j]) ** 2) for j in range(len(y))])
+    distribution = np.mean([np.sum(((x[j] - ci) - (y[j] - ct)) ** 2) for j in range(len(y))])
+    return total, float(np.sum((ci - ct) ** 2)), distribution
+
+
+def test_gap_split_adds_up_and_matches_the_direct_computation(monkeypatch):
+    img, txt, owner = captioned()
+    s = M.gap_split(img, txt, text_to_image=owner)
+    assert list(s) == ["total", "centroid", "distribution", "centroid_share"]
+    total, centroid, distribution = direct_split(img, txt, owner)
+    assert s["total"] == pytest.approx(total, abs=1e-12)
+    assert s["centroid"] == pytest.approx(centroid, abs=1e-12)
+    assert s["distribution"] == pytest.approx(distribution, abs=1e-12)
+    assert s["centroid"] + s["distribution"] == pytest.approx(s["total"], abs=1e-12)
+    assert s["centroid_share"] == pytest.approx(centroid / total, abs=1e-12)
+    assert s["total"] == pytest.approx(M.alignment(img, txt, text_to_image=owner), abs=1e-12)
+    # captions weight their image: c_I is the mean over the image of each text, not over the images
+    assert s["centroid"] != pytest.approx(M.centroid_distance(img, txt) ** 2, abs=1e-6)
+    img, txt = gapped(n=40, d=6)
+    assert M.gap_split(img, txt)["centroid"] == pytest.approx(M.centroid_distance(img, txt) ** 2, abs=1e-12)
+    monkeypatch.setattr(M, "_BLOCK", 12)
+    assert M.gap_split(img, txt)["distribution"] == pytest.approx(direct_split(img, txt, np.arange(40))[2],
+                                                                  abs=1e-12)
+
+
+def test_gap_split_of_a_pure_shift_and_of_no_gap():
+    e = eye(8)
+    k = [0, 1, 2, 3, 0, 2]
+    img = (e[k] + e[6]) / math.sqrt(2) * np.arange(1, 7)[:, None]
+    txt = (e[k] + e[7]) / math.sqrt(2)
+    s = M.gap_split(img, txt)  # every x_j - y_j is (e6 - e7) / sqrt2: all of the gap is the centroid shift
+    assert s["total"] == pytest.approx(1.0, abs=1e-12)
+    assert s["distribution"] == pytest.approx(0.0, abs=1e-12)
+    assert s["centroid_share"] == pytest.approx(1.0, abs=1e-12)
+    img, _, owner = captioned()
+    assert M.gap_split(img, img[owner], text_to_image=owner) == {
+        "total": 0.0, "centroid": 0.0, "distribution": 0.0, "centroid_share": 0.0}
+    img, txt = gapped(n=50, d=8, shift=0.5)
+    shuffled = M.gap_split(img, txt[np.random.default_rng(0).permutation(50)])
+    paired = M.gap_split(img, txt)
+    assert shuffled["centroid"] == pytest.approx(paired["centroid"], abs=1e-12)
+    assert shuffled["distribution"] > paired["distribution"]
+
+
 # -- shift experiment -----------------------------------------------------------------------------
 def shift_world():
     """x_k = (e_k + e_I)/sqrt2, c_k = (e_k + e_T)/sqrt2: g = (e_I - e_T)/sqrt2, gap distance 1."""
@@ -358,6 +527,17 @@ def test_gap_report_agrees_with_the_functions_and_concatenates():
     assert r["linear_separability"] == M.linear_separability(img, txt)
     assert r["effective_rank_text"] == pytest.approx(M.effective_rank(txt))
     assert r["zero_shot_accuracy"] == M.zero_shot_accuracy(img, cls, labels)
+    assert r["relative_modality_gap"] == pytest.approx(M.relative_modality_gap(img, txt))
+    assert r["instance_gap"] == pytest.approx(M.instance_gap(img, txt))
+    assert r["gap_centroid_share"] == pytest.approx(M.gap_split(img, txt)["centroid_share"])
+    anatomy = M.gap_anatomy(img, txt)
+    assert (r["gap_dims_50"], r["gap_dims_90"]) == (M.dims_for_share(anatomy, 0.5), M.dims_for_share(anatomy, 0.9))
+    assert list(r.index) == [
+        "n_images", "n_texts", "dim", "centroid_distance", "centroid_mse", "relative_gap",
+        "relative_modality_gap", "instance_gap", "gap_centroid_share", "gap_dims_50", "gap_dims_90",
+        "paired_cosine", "unpaired_cosine", "alignment", "uniformity_image", "uniformity_text",
+        "linear_separability", "effective_rank_image", "effective_rank_text",
+        "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "zero_shot_accuracy"]
     for key, value in M.retrieval_recall(img, txt).items():
         assert r[key] == value
     assert (r["n_images"], r["n_texts"], r["dim"]) == (60, 60, 10)
@@ -379,6 +559,18 @@ def test_gap_report_with_captions_and_separate_zero_shot_images():
     assert r["zero_shot_accuracy"] == 1.0
     assert r["paired_cosine"] == pytest.approx(M.paired_cosine(img, txt, text_to_image=owner))
     assert r["i2t_R@1"] == M.retrieval_recall(img, txt, text_to_image=owner)["i2t_R@1"]
+    assert r["relative_modality_gap"] == pytest.approx(M.relative_modality_gap(img, txt, text_to_image=owner))
+    assert r["instance_gap"] == pytest.approx(M.instance_gap(img, txt, text_to_image=owner))
+    assert r["gap_centroid_share"] == pytest.approx(M.gap_split(img, txt, text_to_image=owner)["centroid_share"])
+    assert r["gap_dims_90"] == M.dims_for_share(M.gap_anatomy(img, txt), 0.9)
+
+
+def test_gap_report_without_a_centroid_gap_needs_no_dimensions():
+    img, _ = gapped(n=20, d=6)
+    r = M.gap_report(img, img[::-1])
+    assert (r["gap_dims_50"], r["gap_dims_90"]) == (0.0, 0.0)
+    assert r["gap_centroid_share"] == pytest.approx(0.0, abs=1e-12)
+    assert r["relative_modality_gap"] > 0.0  # the pairs are crossed, so matched rows are far apart
 
 
 # -- properties -------------------------------------------------------------------------------------
@@ -387,8 +579,13 @@ def test_figures_do_not_change_under_a_common_rotation():
     q = rotation(10, seed=9)
     a = M.gap_report(img, txt, sample_size=None)
     b = M.gap_report(img @ q, txt @ q, sample_size=None)
-    exact = a.drop("linear_separability")
-    pd.testing.assert_series_equal(exact, b.drop("linear_separability"), atol=1e-9, rtol=0)
+    # the anatomy's counts are per embedding dimension, so a rotation changes them; a permutation does not
+    basis = ["linear_separability", "gap_dims_50", "gap_dims_90"]
+    exact = a.drop(basis)
+    pd.testing.assert_series_equal(exact, b.drop(basis), atol=1e-9, rtol=0)
+    perm = np.random.default_rng(3).permutation(10)
+    c = M.gap_report(img[:, perm], txt[:, perm], sample_size=None)
+    assert (c["gap_dims_50"], c["gap_dims_90"]) == (a["gap_dims_50"], a["gap_dims_90"])
     assert b["linear_separability"] == pytest.approx(a["linear_separability"], abs=0.04)
     np.testing.assert_allclose(M.gap_vector(img @ q, txt @ q), M.gap_vector(img, txt) @ q, atol=1e-12)
     np.testing.assert_allclose(M.spectrum(img @ q), M.spectrum(img), atol=1e-12)
@@ -461,7 +658,30 @@ LAB = np.array([0, 1, 2, 0, 1, 2])
     (lambda: M.gap_report(GOOD, GOOD, class_emb=CLS), "class_emb and labels go together"),
     (lambda: M.gap_report(GOOD, GOOD, zero_shot_image_emb=GOOD), "zero_shot_image_emb needs class_emb"),
     (lambda: M.gap_report(GOOD, GOOD[:5]), "text_to_image"),
+    (lambda: M.relative_modality_gap(GOOD[:1], GOOD[:1]), "image_emb has 1 row; relative_modality_gap"),
+    (lambda: M.relative_modality_gap(GOOD, GOOD[:1], text_to_image=[0]),
+     "text_emb has 1 row; relative_modality_gap"),
+    (lambda: M.relative_modality_gap(GOOD, GOOD[:5]), "text_to_image"),
+    (lambda: M.relative_modality_gap(np.ones((3, 4)), np.ones((3, 4))), "all the same point"),
+    (lambda: M.relative_modality_gap(GOOD, NAN), "text_emb has NaN"),
+    (lambda: M.instance_gap(GOOD, GOOD[:3], text_to_image=[0, 1, 9]), "text_to_image holds image indices"),
+    (lambda: M.instance_gap(ZERO, GOOD), "image_emb has 1 row.s. of zero norm"),
+    (lambda: M.gap_split(GOOD, GOOD[:3]), "text_to_image"),
+    (lambda: M.gap_split(GOOD, np.ones((6, 5))), "image_emb has dimension 4 but text_emb has dimension 5"),
+    (lambda: M.gap_anatomy(GOOD, GOOD), "same centroid"),
+    (lambda: M.gap_anatomy(None, GOOD), "image_emb is None"),
+    (lambda: M.dims_for_share(M.gap_anatomy(GOOD, -GOOD), 0.0), "fraction must lie in"),
+    (lambda: M.dims_for_share(M.gap_anatomy(GOOD, -GOOD), 1.5), "fraction must lie in"),
+    (lambda: M.dims_for_share(M.gap_anatomy(GOOD, -GOOD).head(1), 0.99999), "pass the whole table"),
+    (lambda: M.dims_for_share(pd.DataFrame({"dim": [0]}), 0.5), "anatomy has no 'share' column"),
 ])
 def test_bad_input_raises_a_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_dims_for_share_wants_the_anatomy_table_and_a_number():
+    with pytest.raises(TypeError, match="anatomy must be the DataFrame returned by gap_anatomy"):
+        M.dims_for_share(np.array([0.5, 0.5]), 0.5)
+    with pytest.raises(TypeError, match="fraction must be a number"):
+        M.dims_for_share(M.gap_anatomy(GOOD, -GOOD), "half")

@@ -351,6 +351,49 @@ def test_plot_spectrum(world, tmp_path):
         V.plot_spectrum({"image": img}, txt)
 
 
+def test_plot_gap_anatomy(world, tmp_path):
+    img, txt, _ = world
+    anatomy = M.gap_anatomy(img, txt)
+    ax = V.plot_gap_anatomy(anatomy, top=6)
+    saved(ax.figure, tmp_path, "gap_anatomy")
+    bars = by_gid(ax, "share-bars")
+    assert len(bars) == 6
+    np.testing.assert_allclose([b.get_height() for b in bars], anatomy["share"].to_numpy()[:6])
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == [str(d) for d in anatomy["dim"].to_numpy()[:6]]
+    assert ticks[0] == "5"  # the world's gap lies along e5
+    twin = [a for a in ax.figure.axes if a is not ax]
+    assert len(twin) == 1
+    (line,) = by_gid(twin[0], "cumulative-line")
+    np.testing.assert_allclose(line.get_ydata(), anatomy["cumulative"].to_numpy()[:6])
+    for level in (50, 90):
+        (mark,) = by_gid(twin[0], f"mark-{level}")
+        np.testing.assert_allclose(mark.get_ydata(), level / 100)
+    legend = [t.get_text() for t in twin[0].get_legend().get_texts()]
+    k50, k90 = M.dims_for_share(anatomy, 0.5), M.dims_for_share(anatomy, 0.9)
+    assert legend[2] == f"50% of the gap ({k50} dimension{'s' if k50 > 1 else ''})"
+    assert legend[3] == f"90% of the gap ({k90} dimension{'s' if k90 > 1 else ''})"
+
+    given = plt.figure().add_subplot()
+    ax = V.plot_gap_anatomy((img, txt), ax=given, title="pair", top=100)
+    assert ax is given and ax.get_title() == "pair"
+    assert len(by_gid(ax, "share-bars")) == 16
+    shuffled = V.plot_gap_anatomy(anatomy.sample(frac=1.0, random_state=0), top=6)
+    assert [t.get_text() for t in shuffled.get_xticklabels()] == [str(d) for d in anatomy["dim"].to_numpy()[:6]]
+
+
+def test_plot_gap_anatomy_bad_input(world):
+    img, txt, _ = world
+    with pytest.raises(ValueError, match="top must be a positive integer"):
+        V.plot_gap_anatomy(M.gap_anatomy(img, txt), top=0)
+    with pytest.raises(TypeError, match="anatomy must be the DataFrame"):
+        V.plot_gap_anatomy(img)
+    with pytest.raises(ValueError, match="anatomy lacks the column"):
+        V.plot_gap_anatomy(pd.DataFrame({"dim": [0, 1]}))
+    with pytest.raises(ValueError, match="same centroid"):
+        V.plot_gap_anatomy((img, img))
+
+
 def test_plot_report_comparison(world, tmp_path):
     img, txt, _ = world
     reports = [M.gap_report(img, txt, name="clip"), M.gap_report(img, 0.3 * txt + img, name="refined")]
@@ -364,7 +407,9 @@ def test_plot_report_comparison(world, tmp_path):
 
     fig = V.plot_report_comparison(pd.DataFrame(reports))
     saved(fig, tmp_path, "reports_default")
-    assert sum(ax.get_visible() for ax in fig.axes) == 13
+    # the 13 default panels, then gap_report's other figures: relative_modality_gap, instance_gap,
+    # gap_centroid_share, gap_dims_50 and gap_dims_90
+    assert sum(ax.get_visible() for ax in fig.axes) == 18
     with pytest.raises(ValueError, match="reports lacks"):
         V.plot_report_comparison(reports, ["nope"])
 
