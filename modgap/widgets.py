@@ -200,7 +200,12 @@ def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer:
         moved_cls = None if class_emb is None else est.transform_texts(class_emb)
         return moved_img, moved_txt, moved_cls
 
-    limits = {}
+    # one frame that holds every closer's points, so switching moves points, not axes
+    placed = [reducer.transform(np.concatenate([m[0][pick_i], m[1][pick_t]]))
+              for m in (figures(name, delta) for name in names)]
+    lo, hi = np.min([p.min(0) for p in placed], 0), np.max([p.max(0) for p in placed], 0)
+    pad = 0.05 * (hi - lo)
+    limits = {"x": (lo[0] - pad[0], hi[0] + pad[0]), "y": (lo[1] - pad[1], hi[1] + pad[1])}
 
     def draw(fig, closer, delta):
         m_img, m_txt, m_cls = figures(closer, delta)
@@ -211,8 +216,6 @@ def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer:
         ax_map, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
         viz.draw_map(reducer.transform(m_img[pick_i]), reducer.transform(m_txt[pick_t]), method=method,
                      gap=state["centroid_distance"], ax=ax_map)
-        if not limits:
-            limits.update(x=ax_map.get_xlim(), y=ax_map.get_ylim())
         ax_map.set_xlim(*limits["x"])
         ax_map.set_ylim(*limits["y"])
         ax_map.set_title(f"{closer}" + (f" (delta {delta:.2f})" if closer == "gap-shift" else ""),

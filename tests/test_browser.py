@@ -1,12 +1,14 @@
-"""Notebook 01 in a real browser: JupyterLab started by `make lab`, driven by
-Playwright in Debian's headless Chromium, runs every cell and renders the
-gap-shift slider as a live widget.
+"""Notebooks 01 and 04 in a real browser: JupyterLab started by `make lab`,
+driven by Playwright in Debian's headless Chromium, runs every cell and
+renders their widgets live (notebook 01's gap-shift slider, notebook 04's
+closer picker), and a move of each control redraws the figure.
 
 Screenshots go to the test's temporary folder, or to ``MODGAP_SCREENSHOTS``
 when that is set (CI keeps them there). Needs Chromium (``apt-get install
 chromium``, which `.ci/run` does) and the ``playwright`` Python package (in
 the ``dev`` extra); its own browser download is not used.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -87,9 +89,12 @@ def lab_settings_without_autosave(folder: Path) -> Path:
     return folder
 
 
-def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
+@contextlib.contextmanager
+def notebook_page(tmp_path, notebook_name):
+    """A headless Chromium page on ``notebook_name`` in a fresh JupyterLab,
+    with every cell started; afterwards the committed notebook must be as it was."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    notebook = REPO / "notebooks" / NOTEBOOK
+    notebook = REPO / "notebooks" / notebook_name
     committed = notebook.read_bytes()
     settings = lab_settings_without_autosave(tmp_path / "user-settings")
     with make_lab(tmp_path, f"--LabApp.user_settings_dir={settings}") as (base, log, proc):
@@ -101,38 +106,67 @@ def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
                                          timeout=60_000)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={TOKEN}", timeout=120_000)
+                page.goto(f"{base}/lab/tree/{notebook_name}?token={TOKEN}", timeout=120_000)
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
                 # the kernel has started when the toolbar says Idle
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
                 run_all_cells(page, sync_api)
-
-                slider = page.locator(".jp-OutputArea .widget-slider").first
-                # JupyterLab skips rendering cells out of view, so wait for the
-                # slider to exist, then bring it into view
-                slider.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
-                slider.scroll_into_view_if_needed()
-                slider.wait_for(state="visible", timeout=30_000)
-                dismiss_news_prompt(page)
-                # the widget is what JupyterLab rendered, not the static PNG
-                assert "shift" in slider.inner_text()
-                readout = slider.locator(".widget-readout")
-                before = readout.inner_text().strip()
-                assert before == "+0.00"
-                view = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
-                view.screenshot(path=str(shots / "01_gap_shift_slider.png"))
-
-                # moving the slider reaches the kernel and redraws the figure
-                first_src = view.locator("img").first.get_attribute("src")
-                drag_right(page, slider.locator(".noUi-handle").first)
-                wait_until(lambda: view.locator("img").first.get_attribute("src") != first_src, 120)
-                after = readout.inner_text().strip()
-                assert after != before and float(after) > 0
-                view.screenshot(path=str(shots / "01_gap_shift_slider_moved.png"))
-                page.screenshot(path=str(shots / "01_notebook.png"))
+                yield page
             finally:
                 browser.close()
     assert notebook.read_bytes() == committed, "the browser run saved into the notebook"
-    for name in ("01_gap_shift_slider.png", "01_gap_shift_slider_moved.png", "01_notebook.png"):
+
+
+def shown(page, control):
+    """Wait for a widget control to be rendered, and bring it into view
+    (JupyterLab skips rendering cells out of view)."""
+    control.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
+    control.scroll_into_view_if_needed()
+    control.wait_for(state="visible", timeout=30_000)
+    dismiss_news_prompt(page)
+    return control
+
+
+def assert_pngs(shots, names):
+    for name in names:
         png = (shots / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
+    with notebook_page(tmp_path, NOTEBOOK) as page:
+        slider = shown(page, page.locator(".jp-OutputArea .widget-slider").first)
+        # the widget is what JupyterLab rendered, not the static PNG
+        assert "shift" in slider.inner_text()
+        readout = slider.locator(".widget-readout")
+        before = readout.inner_text().strip()
+        assert before == "+0.00"
+        view = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
+        view.screenshot(path=str(shots / "01_gap_shift_slider.png"))
+
+        # moving the slider reaches the kernel and redraws the figure
+        first_src = view.locator("img").first.get_attribute("src")
+        drag_right(page, slider.locator(".noUi-handle").first)
+        wait_until(lambda: view.locator("img").first.get_attribute("src") != first_src, 120)
+        after = readout.inner_text().strip()
+        assert after != before and float(after) > 0
+        view.screenshot(path=str(shots / "01_gap_shift_slider_moved.png"))
+        page.screenshot(path=str(shots / "01_notebook.png"))
+    assert_pngs(shots, ("01_gap_shift_slider.png", "01_gap_shift_slider_moved.png", "01_notebook.png"))
+
+
+def test_notebook_04_renders_a_live_closer_picker(tmp_path, shots):
+    with notebook_page(tmp_path, "04_which_way_to_close_the_gap.ipynb") as page:
+        picker = shown(page, page.locator(".jp-OutputArea .widget-toggle-buttons").first)
+        chosen = picker.locator(".mod-active")
+        assert chosen.inner_text().strip() == "mean-centering"
+        view = page.locator(".jp-OutputArea-output", has=page.locator(".widget-toggle-buttons")).first
+        view.screenshot(path=str(shots / "04_closer_picker.png"))
+
+        # picking another closer reaches the kernel and redraws the figure
+        first_src = view.locator("img").first.get_attribute("src")
+        picker.locator("button", has_text="standardization").first.click()
+        wait_until(lambda: view.locator("img").first.get_attribute("src") != first_src, 120)
+        assert chosen.inner_text().strip() == "standardization"
+        view.screenshot(path=str(shots / "04_closer_picker_moved.png"))
+    assert_pngs(shots, ("04_closer_picker.png", "04_closer_picker_moved.png"))

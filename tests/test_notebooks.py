@@ -9,7 +9,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_the_ordered_set_is_there():
     names = [p.name for p in NOTEBOOKS]
-    for prefix in ("00_", "01_", "02_", "03_"):
+    for prefix in ("00_", "01_", "02_", "03_", "04_"):
         assert any(n.startswith(prefix) for n in names), f"no notebook starting with {prefix}"
 
 

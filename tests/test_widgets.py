@@ -97,3 +97,36 @@ def test_live_history_plots_each_column_it_gets():
 def test_model_picker_offers_the_bundled_model():
     picker = widgets.model_picker()
     assert picker.value == "modgap-tiny" and "modgap-tiny" in picker.options
+
+
+@pytest.mark.parametrize("closer", ["mean-centering", "standardization", "gap-shift"])
+def test_closer_explorer_shows_the_figures_of_the_closer_it_applies(closer):
+    from modgap.adapt import CLOSERS
+
+    img, cls, labels = _clusters()
+    txt = cls[labels] + np.random.default_rng(1).normal(0, 0.3, size=img.shape).astype(np.float32)
+    dash = widgets.closer_explorer(img, txt, cls, labels, closer="none")
+    before = dict(dash.state)
+    assert before["centroid_distance"] == pytest.approx(metrics.centroid_distance(img, txt))
+    dash.controls["closer"].value = closer  # what a click on the toggle does
+    est = CLOSERS[closer](delta=dash.controls["delta"].value) if closer == "gap-shift" else CLOSERS[closer]()
+    moved_img, moved_txt = est.fit(img, txt).transform(img, txt)
+    assert dash.state["centroid_distance"] == pytest.approx(metrics.centroid_distance(moved_img, moved_txt))
+    assert dash.state["relative_modality_gap"] == pytest.approx(
+        metrics.relative_modality_gap(moved_img, moved_txt))
+    assert dash.state["zero_shot_accuracy"] == pytest.approx(
+        metrics.zero_shot_accuracy(moved_img, est.transform_texts(cls), labels))
+    assert dash.state["centroid_distance"] < 0.5 * before["centroid_distance"]
+    gids = {a.get_gid() for a in dash.figure.axes[0].get_children()}
+    assert {"image-points", "text-points"} <= gids
+
+
+def test_closer_explorer_keeps_one_frame_and_refuses_unknown_closers():
+    img, cls, labels = _clusters()
+    dash = widgets.closer_explorer(img, cls[labels], closer="none")
+    limits = dash.figure.axes[0].get_xlim(), dash.figure.axes[0].get_ylim()
+    dash.update(closer="standardization")
+    assert (dash.figure.axes[0].get_xlim(), dash.figure.axes[0].get_ylim()) == limits
+    assert "zero_shot_accuracy" not in dash.state  # no class embeddings given
+    with pytest.raises(ValueError, match="closer must be one of"):
+        widgets.closer_explorer(img, cls[labels], closer="whitening")
