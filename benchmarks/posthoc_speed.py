@@ -5,15 +5,16 @@ any closer does), run in the same process.
     python benchmarks/posthoc_speed.py              # 1,000,000 x 512 per modality
     python benchmarks/posthoc_speed.py --smoke      # 2,000 x 32: checks that it runs
 
-The target: every closer fits and transforms a million 512-d embeddings per
-modality in under 10 seconds each (the exit code says whether it did).
+The target: every closer fits on a million 512-d embeddings per modality,
+and transforms both million-row modalities, in under 15 seconds each on two
+CPU cores (the exit code says whether it did).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-TARGET_S = 10.0
+TARGET_S = 15.0
 
 
 def main(argv=None) -> int:
