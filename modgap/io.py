@@ -5,6 +5,8 @@ replaced unless asked."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -13,10 +15,50 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_FILE", "atomic_folder", "atomic_write", "atomic_write_text", "check_free_folder", "save_state_dict"]
+__all__ = ["MANIFEST_FILE", "RUN_FILE", "atomic_folder", "atomic_write", "atomic_write_text", "check_free_folder",
+           "check_manifest", "save_state_dict", "write_manifest"]
 
 # the file that marks a folder written by an estimator's save()
 RUN_FILE = "estimator.json"
+# the list of a saved folder's files, with their sizes and hashes
+MANIFEST_FILE = "manifest.json"
+
+
+def _temp_prefix(path: Path) -> str:
+    # the writer's pid in the name lets a later save tell a dead writer's leftovers from a live one's
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temporary files and folders of earlier saves to ``path`` whose process
+    is gone (killed mid-save) are removed."""
+    for stale in path.parent.glob(f".{_glob_escape(path.name)}.*"):
+        parts = stale.name[len(path.name) + 2:].split(".")
+        if not parts or not parts[0].isdigit() or stale.suffix not in (".tmp", ".old"):
+            continue
+        if _alive(int(parts[0])):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -31,7 +73,8 @@ def atomic_write(path, write: Callable[[Path], None], overwrite: bool = False) -
     path = Path(path).expanduser()
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
@@ -96,15 +139,19 @@ def atomic_folder(path, overwrite: bool = False, marker: str | None = None) -> I
 
     A ``path`` that holds files is an error unless ``overwrite=True``; with
     ``marker``, only a folder holding that file (one modgap wrote) is ever
-    replaced, so a user's other files are never deleted.
+    replaced, so a user's other files are never deleted. The folder gets a
+    :data:`MANIFEST_FILE` (see :func:`write_manifest`), and leftovers of an
+    earlier save to ``path`` that was killed are removed first.
     """
     path = check_free_folder(path, overwrite, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
+        write_manifest(tmp)
         if path.is_dir() and any(path.iterdir()):
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -115,3 +162,50 @@ def atomic_folder(path, overwrite: bool = False, marker: str | None = None) -> I
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder) -> Path:
+    """Write :data:`MANIFEST_FILE` into ``folder``: every other file below it
+    with its size and content hash, and the modgap version that wrote them."""
+    from . import __version__
+
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "blake2b": _digest(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    target = folder / MANIFEST_FILE
+    target.write_text(json.dumps({"modgap": __version__, "files": files}, indent=1), encoding="utf-8")
+    return target
+
+
+def check_manifest(folder, required: bool = True) -> None:
+    """Check that the files of ``folder`` are those its manifest lists, with
+    the same sizes and hashes: a ``ValueError`` names the first file that
+    is missing or differs (a folder mixing two saves, or a file changed by
+    hand). Without a manifest: an error if ``required``, else nothing."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        if required:
+            raise ValueError(f"{folder} has no {MANIFEST_FILE}, so its files cannot be checked to belong "
+                             "together; save it again with this version of modgap")
+        return
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{manifest} cannot be read ({e}); save the run again") from None
+    for rel, entry in listed.items():
+        p = folder / rel
+        if not p.is_file():
+            raise ValueError(f"{folder}: {rel} is missing though {MANIFEST_FILE} lists it; the folder is "
+                             "incomplete: save the run again")
+        if p.stat().st_size != entry["bytes"] or _digest(p) != entry["blake2b"]:
+            raise ValueError(f"{folder}: {rel} is not the file this run saved (its size or content differs "
+                             f"from {MANIFEST_FILE}); it may come from another save: save the run again")

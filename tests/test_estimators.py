@@ -52,7 +52,7 @@ class ReCLIPCase:
     x = "epoch"
     # attribute of each trained model, the default first
     models = {"visual": "visual_model_", "text": "text_model_"}
-    files = {"estimator.json", "history.csv", "arrays.safetensors", "visual", "text"}
+    files = {"estimator.json", "history.csv", "arrays.safetensors", "visual", "text", "manifest.json"}
     # settings away from the defaults, for clone
     configured = dict(seed=3, lr_visual=0.2, k=10, momentum=0.5)
 
@@ -105,7 +105,7 @@ class CLIPRefineCase:
     cls = CLIPRefine
     x = "step"
     models = {"model": "model_"}
-    files = {"estimator.json", "history.csv", "model"}
+    files = {"estimator.json", "history.csv", "model", "manifest.json"}
     configured = dict(seed=3, method="rafa", lr=2e-4, warmup=0.25, log_every=2)
 
     def __init__(self, clip, target, pairs):

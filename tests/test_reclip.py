@@ -390,7 +390,7 @@ def test_save_and_load_round_trip(fitted, clip, target, tmp_path):
     est, _ = fitted
     est.save(tmp_path / "r")
     assert {p.name for p in (tmp_path / "r").iterdir()} == {
-        "estimator.json", "history.csv", "arrays.safetensors", "visual", "text"}
+        "estimator.json", "history.csv", "arrays.safetensors", "visual", "text", "manifest.json"}
     with pytest.raises(FileExistsError, match="overwrite"):
         est.save(tmp_path / "r")
     loaded = ReCLIP.load(tmp_path / "r", clip)

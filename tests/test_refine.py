@@ -329,7 +329,7 @@ def test_refine_entry_writes_the_estimator_folder_once(tiny, pairs, tmp_path, mo
     out = tmp_path / "r"
     args = dict(method="rafa", epochs=1, batch_size=16, holdout=8, progress=False)
     est = run_refine(tiny, pairs, out=out, **args)
-    assert {p.name for p in out.iterdir()} == {"estimator.json", "history.csv", "model"}
+    assert {p.name for p in out.iterdir()} == {"estimator.json", "history.csv", "model", "manifest.json"}
     assert (out / "model" / "open_clip_model.safetensors").is_file()
     assert len(pd.read_csv(out / "history.csv")) == len(est.history_)
     assert CLIPRefine.load(out, tiny).get_params()["method"] == "rafa"

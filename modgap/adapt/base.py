@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
 
-__all__ = ["SCHEDULES", "Estimator", "learning_rate_at", "run_estimator"]
+__all__ = ["SCHEDULES", "DivergenceError", "Estimator", "learning_rate_at", "run_estimator"]
 
 SCHEDULES = ("constant", "cosine")
 
@@ -26,6 +26,28 @@ def learning_rate_at(step: int, total: int, peak: float, warmup: int = 0, schedu
         done = (step - warmup) / max(1, total - warmup)
         return peak * 0.5 * (1.0 + math.cos(math.pi * done))
     return peak
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a loss that is not finite. The estimator is still
+    fitted, with the last weights whose figures are in ``history_``."""
+
+
+ON_DIVERGENCE = ("raise", "warn")
+
+
+def trainable_snapshot(*models) -> list:
+    """CPU copies of the parameters that train, to come back to if training diverges."""
+    return [{n: p.detach().to("cpu", copy=True) for n, p in m.named_parameters() if p.requires_grad}
+            for m in models]
+
+
+def restore_snapshot(models, snapshot) -> None:
+    with torch.no_grad():
+        for model, saved in zip(models, snapshot, strict=True):
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n].to(p.device))
 
 
 class Estimator(BaseEstimator):
@@ -69,6 +91,19 @@ class Estimator(BaseEstimator):
 
     def _restore_models(self, models: dict) -> None:
         raise NotImplementedError
+
+    def _end_of_divergence(self, message: str | None) -> None:
+        """After a fit that stopped on a non-finite loss: raise or warn, as
+        ``on_divergence`` asks (the estimator is fitted either way)."""
+        self.diverged_ = message
+        if message is None:
+            return
+        if self.on_divergence == "warn":
+            import warnings
+
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            return
+        raise DivergenceError(message)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, self._fitted_attr):
@@ -165,13 +200,14 @@ class Estimator(BaseEstimator):
         import pandas as pd
         from safetensors.torch import load_file
 
-        from ..io import RUN_FILE
+        from ..io import RUN_FILE, check_manifest
         from ..models import load_model
 
         path = Path(path).expanduser()
         run_file = path / RUN_FILE
         if not run_file.is_file():
             raise FileNotFoundError(f"{path} holds no {RUN_FILE}; is it a folder {cls.__name__}.save wrote?")
+        check_manifest(path)
         meta = json.loads(run_file.read_text(encoding="utf-8"))
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{run_file} is not a modgap estimator file (format {meta.get('format')!r})")

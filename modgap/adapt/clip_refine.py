@@ -52,7 +52,15 @@ from ..validation import (
     check_int,
     check_number,
 )
-from .base import SCHEDULES, Estimator, learning_rate_at, run_estimator
+from .base import (
+    ON_DIVERGENCE,
+    SCHEDULES,
+    Estimator,
+    learning_rate_at,
+    restore_snapshot,
+    run_estimator,
+    trainable_snapshot,
+)
 from .losses import contrastive_loss, hycd_loss, rafa_loss, sample_references
 
 __all__ = [
@@ -268,6 +276,15 @@ class CLIPRefine(Estimator):
         Where to train (default: the clip's device).
     progress : bool
         Show a tqdm progress bar.
+    callback : callable, optional
+        ``callback(estimator, row)`` after row 0 and every logged row of
+        ``history_``; returning ``False`` stops training there.
+    on_divergence : {"raise", "warn"}
+        What a loss, weight or held-out embedding that is no longer finite
+        does: training stops at once, ``model_`` goes back to the weights of
+        the last row of ``history_``, and then
+        :class:`~modgap.adapt.base.DivergenceError` is raised (the estimator
+        is fitted all the same) or a ``RuntimeWarning`` is given.
 
     Attributes
     ----------
@@ -287,6 +304,8 @@ class CLIPRefine(Estimator):
         Optimiser steps the schedule is laid out over.
     n_steps_ : int
         Optimiser steps taken.
+    diverged_ : str or None
+        Why training stopped early on a non-finite value, or ``None``.
     skipped_files_ : list of Path
         Image files of ``pairs`` (or ``eval_pairs``) that could not be
         decoded. Training leaves such a pair out of its batch each time it is
@@ -300,7 +319,7 @@ class CLIPRefine(Estimator):
                  lambda_kd: float = 1.0, lambda_contrastive: float | None = None,
                  rafa_normalize: bool = False, warmup=None, schedule: str | None = None, holdout=256,
                  log_every: int | None = None, seed: int = 0, device=None, progress: bool = True,
-                 callback=None):
+                 callback=None, on_divergence: str = "raise"):
         self.clip = clip
         self.method = method
         self.epochs = epochs
@@ -321,6 +340,7 @@ class CLIPRefine(Estimator):
         self.device = device
         self.progress = progress
         self.callback = callback
+        self.on_divergence = on_divergence
 
     # -- parameters --------------------------------------------------------
     def _validate_params(self) -> None:
@@ -347,6 +367,7 @@ class CLIPRefine(Estimator):
         check_int(self.log_every, "log_every", allow_none=True)
         check_int(self.seed, "seed", min_value=None)
         check_callable(self.callback, "callback")
+        check_choice(self.on_divergence, "on_divergence", ON_DIVERGENCE)
 
     def _split(self, pairs, eval_pairs):
         from ..data.containers import PairSet
@@ -455,6 +476,8 @@ class CLIPRefine(Estimator):
             rng = np.random.default_rng(int(self.seed))
             stop = not self._report(rows, self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
             step, seen, epoch, lr = 0, 0, 0, float("nan")
+            # the weights of the last row of history_, to come back to if the loss diverges
+            snapshot, snapshot_step, diverged = trainable_snapshot(student), 0, None
             bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step", disable=not self.progress)
             try:
                 for epoch in range(0 if stop else self.epochs_):
@@ -476,6 +499,13 @@ class CLIPRefine(Estimator):
                             group["lr"] = lr
                         student.train()
                         terms = objective(pixels, tokens, generator=gen)
+                        if not torch.isfinite(terms["loss"]):
+                            bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)]
+                            diverged = self._divergence_message(bad or ["loss"], terms, step + 1, lr,
+                                                                snapshot_step)
+                            restore_snapshot([student], snapshot)
+                            stop = True
+                            break
                         opt.zero_grad(set_to_none=True)
                         terms["loss"].backward()
                         opt.step()
@@ -488,30 +518,53 @@ class CLIPRefine(Estimator):
                         window.append(values)
                         bar.update(1)
                         if step % log_every == 0 or step == total:
-                            gap = _gap(probe, held)
+                            finite = all(torch.isfinite(p).all() for p in params)
+                            gap = _gap(probe, held) if finite else None
+                            if gap is None:
+                                diverged = self._divergence_message(["weights"], {}, step, lr, snapshot_step)
+                                restore_snapshot([student], snapshot)
+                                stop = True
+                                break
                             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                             window = []
                             bar.set_postfix(loss=f"{values['loss']:.3f}", gap=f"{gap:.3f}")
                             if not self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr)):
                                 stop = True
                                 break
+                            snapshot, snapshot_step = trainable_snapshot(student), step
                     if stop:
                         break
             finally:
                 bar.close()
-            if window:
-                mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                self._report(rows, self._row(step, epoch, seen, mean, _gap(probe, held), t0, student, lr))
+            if window and diverged is None:
+                gap = _gap(probe, held) if all(torch.isfinite(p).all() for p in params) else None
+                if gap is None:
+                    diverged = self._divergence_message(["weights"], {}, step, lr, snapshot_step)
+                    restore_snapshot([student], snapshot)
+                else:
+                    mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr))
 
         student.eval()
         student.requires_grad_(False)
-        self.n_steps_ = step
+        self.n_steps_ = snapshot_step if diverged is not None else step
         unread = list(dict.fromkeys(unread))
         warn_unreadable(unread, len(train), "CLIPRefine.fit",
                         "; their pairs were left out of every batch that drew them", stacklevel=2)
         self.skipped_files_ = held_unread + unread
         self.model_ = student
+        self._end_of_divergence(diverged)
         return self
+
+    def _divergence_message(self, terms, values, step, lr, kept_step) -> str:
+        if terms == ["weights"]:
+            what = f"the weights or the embeddings are no longer finite after step {step}"
+        else:
+            found = ", ".join(f"{k} = {float(values[k])}" for k in terms)
+            what = f"the loss is no longer finite at step {step} ({found})"
+        return (f"CLIPRefine diverged: {what}; training "
+                f"stopped and model_ holds the weights of step {kept_step}, the last row of history_. "
+                f"Lower the learning rate (lr={lr:.3g} at that step, e.g. lr={self.lr_ / 10:.3g}).")
 
     def _row(self, step, epoch, seen, losses, gap, t0, student, lr) -> dict:
         row = {"step": step, "epoch": epoch, "pairs_seen": seen}
@@ -525,6 +578,8 @@ class CLIPRefine(Estimator):
 
     # -- after fitting -----------------------------------------------------
     _fitted_attr = "model_"
+    _saved_scalars = ("lr_", "batch_size_", "epochs_", "warmup_", "schedule_", "total_steps_", "n_steps_",
+                      "temperature_", "terms_", "diverged_")
 
     def fitted_models(self) -> dict:
         """``{"model": the refined model}``."""
@@ -594,12 +649,15 @@ def _readable_pairs(pairs, where: str | None):
     return pairs.subset(np.setdiff1d(np.arange(len(pairs)), bad)), [pairs.images[i] for i in bad]
 
 
-def _gap(probe, held) -> float:
-    """The centroid distance of the held-out pairs (first caption each)."""
+def _gap(probe, held) -> float | None:
+    """The centroid distance of the held-out pairs (first caption each);
+    ``None`` when the model's embeddings of them are not finite."""
     if held is None:
         return float("nan")
     from ..metrics import centroid_distance
 
     img = probe.encode_images(held, progress=False)
     txt = probe.encode_texts(held.first_captions(), progress=False)
+    if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+        return None
     return centroid_distance(img, txt)

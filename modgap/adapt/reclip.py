@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from ..embed import autocast_for, encode_pixels, image_inputs, pixels_at, show_progress, warn_skipped
 from ..validation import (
     check_callable,
+    check_choice,
     check_int,
     check_labels,
     check_number,
     check_strings,
 )
-from .base import Estimator, run_estimator
+from .base import ON_DIVERGENCE, Estimator, restore_snapshot, run_estimator, trainable_snapshot
 from .graph import propagate
 
 __all__ = [
@@ -123,6 +124,13 @@ def _freeze_all_but(model: torch.nn.Module, params) -> None:
         p.requires_grad_(True)
 
 
+def _not_finite(tensors: dict) -> str | None:
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            return f"{name} are no longer finite"
+    return None
+
+
 class ReCLIP(Estimator):
     """ReCLIP as a scikit-learn estimator (see :class:`~modgap.adapt.base.Estimator`).
 
@@ -173,6 +181,12 @@ class ReCLIP(Estimator):
         model evaluated in that row is the result.
     progress : bool, optional
         Progress bars; ``None`` shows them for 2048 images or more.
+    on_divergence : {"raise", "warn"}
+        What a loss, feature or class embedding that is no longer finite
+        does: training stops at once, both branches go back to the weights
+        of the last row of ``history_`` and the fit finishes from there;
+        then :class:`~modgap.adapt.base.DivergenceError` is raised (the
+        estimator is fitted all the same) or a ``RuntimeWarning`` is given.
 
     Attributes
     ----------
@@ -193,6 +207,8 @@ class ReCLIP(Estimator):
         ReCLIP-V's image embeddings after training.
     initial_image_embeddings_ : ndarray ``[N, D]``
         The frozen model's image embeddings (ReCLIP-T's, and the starting point).
+    diverged_ : str or None
+        Why training stopped early on a non-finite value, or ``None``.
     skipped_ : int ndarray
         Positions, in the images given to ``fit``, of files that could not
         be decoded (empty when every image was read). They are left out of
@@ -240,7 +256,7 @@ class ReCLIP(Estimator):
     def __init__(self, clip, classnames, templates=("a photo of a {}.",), epochs=None, batch_size=64,
                  lr_visual=None, lr_text=None, k=20, alpha=0.99, seed=0, *, momentum=0.9,
                  weight_decay=1e-4, logit_scale=100.0, rank_cap="auto", max_iter=20, tol=1e-6,
-                 eval_batch_size=256, amp=True, callback=None, progress=None):
+                 eval_batch_size=256, amp=True, callback=None, progress=None, on_divergence="raise"):
         self.clip = clip
         self.classnames = classnames
         self.templates = templates
@@ -261,21 +277,19 @@ class ReCLIP(Estimator):
         self.amp = amp
         self.callback = callback
         self.progress = progress
+        self.on_divergence = on_divergence
 
     # -- validation ------------------------------------------------------
     def _validate_params(self) -> None:
         """Check the settings; the class names and templates the fit uses
         go to ``classnames_`` and ``templates_``."""
         from ..models import Clip
+        from ..validation import check_templates
 
         if not isinstance(self.clip, Clip):
             raise TypeError(f"clip must be a modgap.Clip (see modgap.load_model), got {type(self.clip).__name__}")
         self.classnames_ = check_strings(self.classnames, "classnames", min_len=2, unique=True)
-        templates = [self.templates] if isinstance(self.templates, str) else self.templates
-        self.templates_ = check_strings(templates, "templates")
-        for t in self.templates_:
-            if "{}" not in t:
-                raise ValueError(f"templates: {t!r} has no '{{}}' where the class name goes")
+        self.templates_ = check_templates(self.templates, "templates")
         check_int(self.epochs, "epochs", min_value=0, allow_none=True)
         for name in ("batch_size", "eval_batch_size", "k", "max_iter"):
             check_int(getattr(self, name), name)
@@ -289,6 +303,7 @@ class ReCLIP(Estimator):
         if self.rank_cap != "auto":
             check_int(self.rank_cap, "rank_cap", allow_none=True)
         check_callable(self.callback, "callback")
+        check_choice(self.on_divergence, "on_divergence", ON_DIVERGENCE)
 
     def _check_labels(self, labels, n):
         if labels is None:
@@ -413,13 +428,23 @@ class ReCLIP(Estimator):
             self.__dict__.pop(stale, None)
         rows = []
         train_stats = {}
+        diverged = snapshot = None
         bar = tqdm(range(epochs + 1), desc="ReCLIP", disable=not show)
         for epoch in bar:
             # (1) one pass without gradients, (2) label propagation in each branch
-            fv = f0 if epoch == 0 else self._features(v_model, kind, items, f"epoch {epoch}: features", show)
+            fv_new = f0 if epoch == 0 else self._features(v_model, kind, items, f"epoch {epoch}: features", show)
             with torch.no_grad():
-                t_all = self._encode_prompts(t_model, tok_all, c, n_t)
-                t_first = self._encode_prompts(t_model, tok_first, c, 1)
+                t_all_new = self._encode_prompts(t_model, tok_all, c, n_t)
+                t_first_new = self._encode_prompts(t_model, tok_first, c, 1)
+            if epoch > 0:
+                diverged = train_stats.get("diverged") or _not_finite(
+                    {"ReCLIP-V's image features": fv_new, "ReCLIP-T's class embeddings": t_all_new})
+                if diverged is not None:
+                    # back to the weights the last row of history_ measured
+                    restore_snapshot([v_model, t_model], snapshot)
+                    diverged = self._divergence_message(diverged, epoch, lr_visual, lr_text)
+                    break
+            fv, t_all, t_first = fv_new, t_all_new, t_first_new
             lp_v = self._propagate(fv, text0)
             centroids = lp_v.centroids(torch.cat([text0, fv]), fallback=text0)
             lp_t = self._propagate(f0, t_all)
@@ -433,6 +458,7 @@ class ReCLIP(Estimator):
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
             if not self._report(rows, row) or epoch == epochs:
                 break
+            snapshot = trainable_snapshot(v_model, t_model)
             # (3) one training pass on the images where the branches agree
             train_stats = self._train_pass(v_model, t_model, opt_v, opt_t, scaler, kind, items, f0, centroids,
                                            tok_first, v_pl, t_pl, agree, gen, scale, epoch + 1, show)
@@ -457,7 +483,28 @@ class ReCLIP(Estimator):
         self.image_embeddings_ = fv.cpu().numpy()
         self.initial_image_embeddings_ = f0.cpu().numpy()
         self.skipped_ = skipped
+        self._warn_if_collapsed(f0 @ text0.T)
+        self._end_of_divergence(diverged)
         return self
+
+    def _divergence_message(self, what: str, epoch: int, lr_visual: float, lr_text: float) -> str:
+        return (f"ReCLIP diverged: {what} during the training pass of epoch {epoch}; training stopped and "
+                f"the branches hold the weights of epoch {epoch - 1}, the last row of history_. Lower the "
+                f"learning rates (lr_visual={lr_visual:.3g}, lr_text={lr_text:.3g}).")
+
+    def _warn_if_collapsed(self, zero_shot_logits) -> None:
+        """A warning when the result puts nearly every image in one class
+        though zero-shot did not: the sign of a learning rate far too large."""
+        final = np.bincount(self.labels_, minlength=len(self.classnames_)).max() / len(self.labels_)
+        start = np.bincount(zero_shot_logits.argmax(1).cpu().numpy(),
+                            minlength=len(self.classnames_)).max() / len(self.labels_)
+        if final >= 0.9 and start <= 0.6:
+            import warnings
+
+            warnings.warn(f"ReCLIP put {100 * final:.0f}% of the images in one class, where zero-shot put "
+                          f"{100 * start:.0f}%: the self-training collapsed. Lower the learning rates "
+                          f"(lr_visual={self.lr_visual_:.3g}, lr_text={self.lr_text_:.3g}) or train fewer epochs.",
+                          RuntimeWarning, stacklevel=3)
 
     def _check_graph_size(self, n, c):
         if self.k >= n + c:
@@ -520,6 +567,9 @@ class ReCLIP(Estimator):
                 loss_t = F.cross_entropy(logits, t_pl[sel_dev])
                 opt_t.zero_grad(set_to_none=True)
                 self._step(loss_t, opt_t, scaler)
+            for name, loss in (("ReCLIP-V's loss", loss_v), ("ReCLIP-T's loss", loss_t)):
+                if not torch.isfinite(loss):
+                    return {"diverged": f"{name} became {float(loss.detach())}", "trained": trained}
             losses_v.append(loss_v.item() * len(sel))
             losses_t.append(loss_t.item() * len(sel))
         nan = float("nan")
@@ -539,7 +589,7 @@ class ReCLIP(Estimator):
     # -- predict ---------------------------------------------------------
     _fitted_attr = "visual_model_"
     _saved_arrays = ("centroids_", "text_classifier_", "text_class_embeddings_", "class_embeddings_")
-    _saved_scalars = ("classnames_", "templates_", "epochs_", "lr_visual_", "lr_text_")
+    _saved_scalars = ("classnames_", "templates_", "epochs_", "lr_visual_", "lr_text_", "diverged_")
 
     def fitted_models(self) -> dict:
         """``{"visual": ReCLIP-V's model, "text": ReCLIP-T's model}``."""
