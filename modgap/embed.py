@@ -30,6 +30,7 @@ __all__ = [
     "PROGRESS_MIN",
     "autocast_for",
     "cache_for",
+    "check_tensor_size",
     "encode_images",
     "encode_pixels",
     "encode_texts",
@@ -155,6 +156,22 @@ def image_inputs(images):
     )
 
 
+def check_tensor_size(clip, images: torch.Tensor, name: str = "images") -> None:
+    """A preprocessed float tensor ``[N, 3, H, W]`` must already have the
+    model's input size (nothing resizes it); the error says what to pass
+    instead."""
+    want = tuple(int(v) for v in clip.image_size)
+    got = tuple(int(v) for v in images.shape[-2:])
+    if got != want:
+        raise ValueError(
+            f"{name}: a float tensor is taken as already preprocessed, so it must have the model's input "
+            f"size {want[0]}x{want[1]} (clip.image_size), but its images are {got[0]}x{got[1]} "
+            f"(shape {tuple(images.shape)}); pass uint8 images (an array [N, H, W, 3]), PIL images or "
+            f"file paths, which the model's preprocessing resizes, or resize the tensor to "
+            f"[N, 3, {want[0]}, {want[1]}]"
+        )
+
+
 def autocast_for(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA where supported (else fp16), nothing elsewhere
     or when not ``enabled``."""
@@ -200,6 +217,7 @@ def pixels_at(clip, kind: str, items, idx, *, dtype=None) -> tuple[torch.Tensor 
     dtype = image_dtype(clip.model) if dtype is None else dtype
     kept = np.arange(len(idx))
     if kind == "tensor":
+        check_tensor_size(clip, items)
         sel = torch.as_tensor(idx, dtype=torch.long, device=items.device)
         return items[sel].to(clip.device, dtype, non_blocking=True), kept
     if kind == "uint8":
@@ -306,6 +324,8 @@ def encode_images(clip, images, batch_size: int = 256, normalize: bool = True, p
     """What :meth:`modgap.Clip.encode_images` does (see there)."""
     check_int(batch_size, "batch_size")
     kind, items = image_inputs(images)
+    if kind == "tensor":
+        check_tensor_size(clip, items)
     cache = cache_for(clip, cache_dir)
     key = None
     if cache is not None:

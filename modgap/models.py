@@ -13,6 +13,7 @@ Spec forms
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import embed
-from .io import RUN_FILE
+from .io import RUN_FILE, check_manifest
+from .validation import check_templates
 
 __all__ = ["Clip", "ModelLoadError", "load_model", "offline_models", "parse_spec", "pick_device"]
 
@@ -33,16 +35,60 @@ class ModelLoadError(RuntimeError):
     """A model spec could not be loaded (usually: weights not reachable)."""
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def _devices_here() -> str:
+    """The devices this machine offers torch, e.g. ``"cpu, cuda:0, cuda:1"``."""
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cuda"]
+    if _mps_available():
+        have.append("mps")
+    return ", ".join(have)
+
+
 def pick_device(device="auto") -> torch.device:
-    """``"auto"``: cuda, then mps, then cpu. Anything else is taken as asked."""
-    if device is None or device == "auto":
+    """``"auto"``: cuda, then mps, then cpu. Anything else is taken as asked,
+    if this machine has it: a device it lacks (``"cuda"`` without a GPU,
+    ``"cuda:1"`` with one GPU, ``"mps"`` off Apple silicon) or a name torch
+    does not know (``"gpu"``) is a ``ValueError`` that says what it has."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    advice = "pass device='auto' (the best device here) or device='cpu'"
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str) or (isinstance(device, int) and not isinstance(device, bool)):
+        try:
+            dev = torch.device(device.strip() if isinstance(device, str) else device)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(
+                f"device={device!r} is not a device name torch knows (such as 'cpu', 'cuda', 'cuda:1' or "
+                f"'mps'; a GPU is 'cuda'); this machine has: {_devices_here()}; {advice}"
+            ) from None
+    else:
+        raise TypeError(f"device must be 'auto', a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+                        f"got {type(device).__name__}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "torch finds no CUDA GPU on this machine")
+            raise ValueError(f"device={device!r} asks for a CUDA GPU, but {why}; this machine has: "
+                             f"{_devices_here()}; {advice}")
+        count = torch.cuda.device_count()
+        if dev.index is not None and count and dev.index >= count:
+            raise ValueError(f"device={device!r} asks for CUDA GPU {dev.index}, but torch sees {count} "
+                             f"(numbered from 0); this machine has: {_devices_here()}; {advice}")
+    elif dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device={device!r} asks for Apple's MPS, which torch cannot use here; "
+                         f"this machine has: {_devices_here()}; {advice}")
+    return dev
 
 
 def parse_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | None, str | None]:
@@ -114,13 +160,14 @@ def _hub_cache() -> str:
         return os.environ.get("HF_HUB_CACHE", os.path.join(hf_home, "hub"))
 
 
-def _offline_help(spec: str, err: Exception, weights_cache_dir) -> str:
+def _offline_help(spec: str, err: Exception, weights_cache_dir, note: str = "") -> str:
     hub_cache = _hub_cache()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return (
         f"could not load model {spec!r}: the weights could not be fetched or read "
         f"({type(err).__name__}: {first[:300]}).\n"
-        f"  - open_clip and huggingface_hub look for cached weights in {hub_cache} "
+        + (f"  - {note}.\n" if note else "")
+        + f"  - open_clip and huggingface_hub look for cached weights in {hub_cache} "
         f"(set HF_HOME or HF_HUB_CACHE to move it"
         + (f"; cache_dir={weights_cache_dir}" if weights_cache_dir else "; or pass weights_cache_dir=")
         + "); HF_HUB_OFFLINE=1 makes them use only that cache.\n"
@@ -142,13 +189,23 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
     pretrained : str, optional
         The two-argument form, ``load_model("ViT-B-32", pretrained="openai")``.
     device : "auto" or a torch device
-        ``"auto"`` picks cuda, then mps, then cpu.
+        ``"auto"`` picks cuda, then mps, then cpu; a device this machine
+        lacks is a ``ValueError`` (see :func:`pick_device`).
     cache_dir : path, optional
         Turns on the on-disk embedding cache in this folder.
     weights_cache_dir : path, optional
         Where open_clip downloads and looks for weights (its ``cache_dir``).
     precision : str
         open_clip's precision argument (``"fp32"``, ``"bf16"``, ...).
+
+    Notes
+    -----
+    Pretrained tags and ``hf-hub:`` specs read the Hugging Face cache only
+    where ``HF_HUB_OFFLINE=1``; otherwise the Hub is asked once (3 s at
+    most) and, where it does not answer, only the cache is read, so an
+    offline machine learns at once that a model it lacks cannot be fetched.
+    A weights file that cannot be read raises :class:`ModelLoadError`
+    naming it.
     """
     import open_clip
 
@@ -176,12 +233,20 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
             tag = str(path)
         elif not Path(tag).is_file():
             raise FileNotFoundError(f"load_model({label!r}): weights file {tag} does not exist")
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **kwargs)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **kwargs)
+        except Exception as e:
+            bad = _unreadable_weights(label, tag)
+            if bad is not None:
+                raise bad from e
+            raise
         return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir,
                     config=open_clip.get_model_config(name))
 
     if schema == "open_clip":
         known = open_clip.list_models()
+        if name not in known and _bare_path(name):
+            raise ValueError(_bare_path_help(label, name))
         if name not in known:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
             raise ValueError(
@@ -210,20 +275,25 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
                     f"unknown pretrained tag {tag!r} for {name} in spec {label!r}; known tags: {tags}, "
                     "or give a path to a local weights file"
                 )
+        from_hub = tag is not None and not _looks_like_path(tag)
+        hub, note = _hub_access() if from_hub else (contextlib.nullcontext(), "")
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=tag, cache_dir=weights_cache_dir, **kwargs
-            )
-        except (RuntimeError, OSError, ConnectionError, TimeoutError, ValueError) as e:
+            with hub:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=tag, cache_dir=weights_cache_dir, **kwargs
+                )
+        except Exception as e:  # safetensors, torch.load and huggingface_hub raise many types
             if tag is None:
                 raise
-            if _looks_like_path(tag):
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not from_hub:
+                bad = _unreadable_weights(label, tag)
+                if bad is not None:
+                    raise bad from e
                 raise ModelLoadError(
                     f"load_model({label!r}): weights file {tag} does not fit architecture {name} "
-                    f"({type(e).__name__}: {first[:300]})"
+                    f"({_first_line(e)})"
                 ) from e
-            raise ModelLoadError(_offline_help(label, e, weights_cache_dir)) from e
+            raise ModelLoadError(_offline_help(label, e, weights_cache_dir, note)) from e
         return Clip(model, preprocess, open_clip.get_tokenizer(name), device=dev, name=label, cache_dir=cache_dir,
                     config=open_clip.get_model_config(name))
 
@@ -244,16 +314,21 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
                 "open_clip_config.json"
             )
         full = f"local-dir:{folder}"
+    hub, note = _hub_access() if schema == "hf-hub" else (contextlib.nullcontext(), "")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            full, cache_dir=weights_cache_dir, **kwargs
-        )
-        tokenizer = open_clip.get_tokenizer(full)
-        config = open_clip.get_model_config(full)
+        with hub:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                full, cache_dir=weights_cache_dir, **kwargs
+            )
+            tokenizer = open_clip.get_tokenizer(full)
+            config = open_clip.get_model_config(full)
     except Exception as e:  # huggingface_hub raises many unrelated types offline
         if schema == "local-dir":
+            bad = _unreadable_weights(full, _folder_weights(folder))
+            if bad is not None:
+                raise bad from e
             raise ModelLoadError(f"could not load {full!r}: {e}") from e
-        raise ModelLoadError(_offline_help(full, e, weights_cache_dir)) from e
+        raise ModelLoadError(_offline_help(full, e, weights_cache_dir, note)) from e
     return Clip(model, preprocess, tokenizer, device=dev, name=full, cache_dir=cache_dir, config=config)
 
 
@@ -268,6 +343,7 @@ def _saved_model_folder(spec) -> Path | None:
         return None
     run_file = folder / RUN_FILE
     if run_file.is_file():
+        check_manifest(folder)
         meta = json.loads(run_file.read_text(encoding="utf-8"))
         default = meta.get("default_model")
         if not default or not (folder / default / "open_clip_config.json").is_file():
@@ -275,14 +351,187 @@ def _saved_model_folder(spec) -> Path | None:
                                  f"load it with the estimator's load()")
         return folder / default
     if (folder / "open_clip_config.json").is_file():
+        check_manifest(folder, required=False)
         return folder
     return None
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+
+
+def _unreadable_weights(label: str, path) -> ModelLoadError | None:
+    """Asked after loading ``label`` failed: the error to raise when its
+    weights file ``path`` cannot be read at all; ``None`` when the file
+    reads (the fault is elsewhere) or is unknown."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix in (".npz", ".npy") or not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+            return None
+        if not head:
+            reason = "the file is empty"
+        elif head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy pickle
+            torch.load(path, map_location="cpu", weights_only=True)
+            return None
+        else:
+            reason = f"it starts with {head!r}, neither a zip archive as torch.save writes nor a pickle"
+    except Exception as read_err:  # noqa: BLE001 - any reader error means the file cannot be read
+        reason = _first_line(read_err)
+    size = path.stat().st_size
+    return ModelLoadError(
+        f"load_model({label!r}): weights file {path} ({size:,} bytes) cannot be read ({reason}); it is "
+        "truncated, corrupt or not a weights file: download it again, or save it again "
+        "(Clip.save('weights.safetensors') or safetensors.torch.save_file)"
+    )
+
+
+def _folder_weights(folder: Path) -> Path | None:
+    """The weights file open_clip picks in a ``local-dir:`` folder."""
+    try:
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        found = _find_checkpoint_in_dir(folder)
+        return Path(found) if found else None
+    except (ImportError, AttributeError):
+        files = sorted(p for ext in (".safetensors", ".bin", ".pth") for p in folder.glob(f"*{ext}"))
+        files.sort(key=lambda p: (p.name != "open_clip_model.safetensors", p.suffix != ".safetensors"))
+        return files[0] if files else None
+
+
+def _bare_path(name: str) -> bool:
+    """Whether an architecture name is a path on disk or written like one."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name
+        or name.lower().endswith(_WEIGHT_SUFFIXES) or Path(name).expanduser().exists()
+    )
+
+
+def _bare_path_help(label: str, name: str) -> str:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        what = (f"{path} is a folder, but not a saved model: it holds neither open_clip_config.json "
+                f"(Clip.save, open_clip) nor {RUN_FILE} (an estimator's save)")
+    elif path.is_file():
+        what = f"{path} is a file; a weights file alone does not say which architecture it is for"
+    else:
+        what = f"no file or folder {path} exists"
+    return (
+        f"spec {label!r} looks like a path, not an architecture name ({what}). The forms that take a path: "
+        f"'ARCH:/path/weights.safetensors' (or .pt) for a weights file, with ARCH from "
+        f"open_clip.list_models() such as 'ViT-B-32'; 'local-dir:/path/folder' for a folder holding "
+        f"open_clip_config.json and weights; or the path of a folder written by Clip.save() or an "
+        f"estimator's save()"
+    )
+
+
+# -- the Hugging Face Hub ------------------------------------------------------
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _hub_offline_set() -> bool:
+    """Whether HF_HUB_OFFLINE asks for offline mode (the environment, or
+    huggingface_hub's reading of it at import)."""
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    if flag is not None and flag.strip():
+        return flag.strip().upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hub endpoint answers one HEAD request within ``timeout``
+    seconds (any HTTP status is an answer). The request runs in a thread so
+    that a hanging name lookup is bounded by the same timeout."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answered = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(_hub_endpoint(), method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except Exception:  # noqa: BLE001 - no answer of any kind means the Hub is out of reach
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="modgap-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered and answered[0])
+
+
+@contextlib.contextmanager
+def _hub_offline_mode():
+    """HF_HUB_OFFLINE=1 for the duration (in the environment and in
+    huggingface_hub, which reads it once at import), restored afterwards."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    saved_flag = getattr(constants, "HF_HUB_OFFLINE", None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved_flag
+
+
+def _hub_access():
+    """How to reach the Hub for one load: ``(context, note)``. With
+    HF_HUB_OFFLINE=1 only the cache is read (also where it was set after
+    huggingface_hub was imported); otherwise the Hub is probed once
+    and, where it does not answer, the load reads only the cache (so a
+    missing file fails at once instead of after minutes of retries)."""
+    if _hub_offline_set():
+        return _hub_offline_mode(), "HF_HUB_OFFLINE=1 is set, so only the local cache was searched"
+    if _hub_reachable():
+        return contextlib.nullcontext(), ""
+    return _hub_offline_mode(), (f"the Hugging Face Hub ({_hub_endpoint()}) did not answer within "
+                                 f"{HUB_PROBE_TIMEOUT:g} s, so only the local cache was searched")
 
 
 def _looks_like_path(tag: str) -> bool:
     return (
         "/" in tag or "\\" in tag or tag.startswith((".", "~"))
-        or tag.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz"))
+        or tag.endswith(_WEIGHT_SUFFIXES)
     )
 
 
@@ -393,14 +642,10 @@ class Clip:
     def class_embeddings(self, classnames, templates=("a photo of a {}.",), cache_dir=None) -> torch.Tensor:
         """The CLIP zero-shot classifier ``[C, D]``: every template per class,
         each normalised, averaged, and normalised again."""
-        classnames, templates = list(classnames), list(templates)
+        classnames = list(classnames)
         if not classnames:
             raise ValueError("classnames is empty")
-        if not templates:
-            raise ValueError("templates is empty")
-        for t in templates:
-            if "{}" not in t:
-                raise ValueError(f"template {t!r} has no '{{}}' where the class name goes")
+        templates = check_templates(templates, "templates")
         prompts = [t.format(c) for c in classnames for t in templates]
         emb = self.encode_texts(prompts, normalize=True, progress=False, cache_dir=cache_dir)
         emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)

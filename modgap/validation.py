@@ -9,6 +9,7 @@ never taken as numbers (``lr=True`` is an error, not ``1.0``).
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Sequence
 from numbers import Integral, Real
 
@@ -30,6 +31,7 @@ __all__ = [
     "check_same_dim",
     "check_same_shape",
     "check_strings",
+    "check_templates",
     "check_tensor",
     "check_vector",
     "unit_rows",
@@ -109,6 +111,41 @@ def check_strings(value, name: str, *, min_len: int = 1, unique: bool = False) -
     if unique and len(set(items)) != len(items):
         dup = sorted({x for x in items if items.count(x) > 1})
         raise ValueError(f"{name} has duplicates: {dup}; give each entry once")
+    return items
+
+
+_TEMPLATE_RULE = ("a template holds exactly one '{}' where the class name goes "
+                  "(e.g. 'a photo of a {}.'); write a literal brace as '{{' or '}}'")
+
+
+def check_templates(templates, name: str = "templates", *, allow_empty: bool = False) -> list[str]:
+    """Prompt templates as a list of strings, each with exactly one ``{}``
+    (a single string is taken as one template; an empty list passes only
+    where ``allow_empty``). A template with no slot, two slots, a named or
+    numbered field (``{name}``, ``{0}``) or an unbalanced brace is refused,
+    naming it."""
+    if isinstance(templates, str):
+        templates = [templates]
+    items = check_strings(templates, name, min_len=0)
+    if not items and not allow_empty:
+        raise ValueError(f"{name} is empty; give at least one template such as 'a photo of a {{}}.'")
+    for t in items:
+        try:
+            parts = list(string.Formatter().parse(t))
+        except ValueError as err:
+            raise ValueError(f"{name}: {t!r} has an unbalanced brace ({err}); {_TEMPLATE_RULE}") from None
+        fields = ["{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                  for _, field, spec, conv in parts if field is not None]
+        if not fields:
+            raise ValueError(f"{name}: {t!r} has no '{{}}'; {_TEMPLATE_RULE}")
+        odd = [f for f in fields if f != "{}"]
+        if odd:
+            head = odd[0][1:2]
+            kind = "a numbered field" if head.isdigit() else "a named field" if head.isidentifier() else "the field"
+            raise ValueError(f"{name}: {t!r} has {kind} {odd[0]!r} where a plain '{{}}' belongs; {_TEMPLATE_RULE}")
+        if len(fields) > 1:
+            raise ValueError(f"{name}: {t!r} has {len(fields)} '{{}}' slots but takes one class name; "
+                             f"{_TEMPLATE_RULE}")
     return items
 
 

@@ -1,4 +1,6 @@
 """The modgap command line."""
+import json
+
 import pytest
 
 from modgap import cli
@@ -7,7 +9,7 @@ from modgap import cli
 def test_info_prints_versions_device_and_offline_models(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for word in ("modgap", "torch", "open_clip", "device", "offline", "modgap-tiny"):
+    for word in ("modgap", "torch", "open_clip", "device", "offline", "modgap-tiny", "data sets", "shapes-pairs"):
         assert word in out
 
 
@@ -17,8 +19,13 @@ def test_gap_prints_the_report_and_saves_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "centroid_distance" in out and "linear_separability" in out
     assert {p.name for p in figs.iterdir()} >= {"embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png"}
-    with pytest.raises(SystemExit, match="exists"):
-        cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)])
+    assert cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)]) == 2
+    err = capsys.readouterr().err
+    assert "--save-figures" in err and "--overwrite" in err and "Traceback" not in err
+    before = {p.name: p.stat().st_mtime_ns for p in figs.iterdir()}
+    assert cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs), "--overwrite"]) == 0
+    assert {p.name for p in figs.iterdir()} == set(before)
+    assert all(p.stat().st_mtime_ns > before[p.name] for p in figs.iterdir())
 
 
 def test_gap_on_a_labelled_image_set_uses_class_prompts(capsys):
@@ -27,25 +34,32 @@ def test_gap_on_a_labelled_image_set_uses_class_prompts(capsys):
 
 
 def test_unknown_data_set_is_named(capsys):
+    assert cli.main(["gap", "--data", "no-such-set", "--n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modgap gap: error: --data: unknown data set 'no-such-set'")
+    assert "Traceback" not in err
     with pytest.raises(ValueError, match="unknown data set"):
-        cli.main(["gap", "--data", "no-such-set", "--n", "10"])
+        cli.main(["--debug", "gap", "--data", "no-such-set", "--n", "10"])
 
 
-def test_reclip_writes_history_and_weights_that_load_back(tmp_path):
+def test_reclip_writes_history_and_weights_that_load_back(tmp_path, capsys):
     import modgap
     from modgap.adapt import ReCLIP
 
     out = tmp_path / "reclip"
     assert cli.main(["reclip", "--data", "shapes", "--domain", "night", "--n", "48", "--epochs", "1",
+                     "--k", "10", "--batch-size", "16", "--lr-visual", "0.02", "--lr-text", "0.03",
                      "--out", str(out)]) == 0
     assert (out / "history.csv").is_file()
     clip = modgap.load_model("modgap-tiny", device="cpu")
     est = ReCLIP.load(out, clip)
     assert est.predict(modgap.data.load("shapes", n=8, domain="night")).shape == (8,)
-    with pytest.raises(SystemExit, match="not empty; pass --overwrite"):
-        cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)])
+    assert (est.k, est.batch_size, est.lr_visual, est.lr_text) == (10, 16, 0.02, 0.03)
+    capsys.readouterr()
+    assert cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)]) == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["arrays.safetensors", "estimator.json", "history.csv",
-                                                      "text", "visual"]
+                                                      "manifest.json", "text", "visual"]
 
 
 def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
@@ -53,9 +67,13 @@ def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
 
     out = tmp_path / "refined"
     assert cli.main(["refine", "--pairs", "shapes-pairs", "--n", "320", "--method", "clip-refine",
-                     "--epochs", "1", "--batch-size", "32", "--out", str(out)]) == 0
-    assert f"modgap.load_model('{out}')" in capsys.readouterr().out
+                     "--epochs", "1", "--batch-size", "32", "--holdout", "0.1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"modgap.load_model('{out}')" in printed
+    assert f"modgap gap --model {out} --data DATA" in printed
+    assert cli.main(["gap", "--model", str(out), "--data", "shapes-pairs", "--n", "20"]) == 0
     assert (out / "history.csv").is_file() and (out / "estimator.json").is_file()
+    assert json.loads((out / "estimator.json").read_text())["params"]["holdout"] == 0.1
     refined = modgap.load_model(str(out), device="cpu")
     base = modgap.load_model("modgap-tiny", device="cpu")
     moved = any(not (a == b).all() for a, b in zip(refined.model.parameters(), base.model.parameters()))

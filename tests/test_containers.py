@@ -77,7 +77,7 @@ def test_bad_labels(labels, match):
 
 
 def test_template_without_placeholder():
-    with pytest.raises(ValueError, match="template 'a photo' has no"):
+    with pytest.raises(ValueError, match="templates of ImageSet 'images': 'a photo' has no"):
         ImageSet(pixels(2), templates=["a {}", "a photo"])
 
 

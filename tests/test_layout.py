@@ -92,7 +92,8 @@ def _problems(path: Path, module: str) -> list[str]:
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         if private:
             problems.append(f"line {line}: imports the underscore name(s) {private} of {target}")
-        if target.split(".")[-1].startswith("_") and target.split(".")[-1] not in ("__init__", "__main__"):
+        last = target.split(".")[-1]
+        if last.startswith("_") and not (last.startswith("__") and last.endswith("__")):
             problems.append(f"line {line}: imports the private module {target}")
         theirs = _layer(target)
         if own is not None and theirs is not None and theirs > own:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import check_labels
+from ..validation import check_labels, check_templates
 
 __all__ = ["DEFAULT_TEMPLATES", "ImageSet", "PairSet"]
 
@@ -41,13 +41,11 @@ def _check_images(images, name: str, source=None):
 
 
 def _check_classes(dataset, n: int, kind: str) -> None:
-    """Class names and templates as lists, every template with a ``{}``,
+    """Class names and templates as lists, every template with one ``{}``,
     and the labels (if any) as indices into the class names."""
     dataset.classnames = list(dataset.classnames)
-    dataset.templates = list(dataset.templates)
-    for t in dataset.templates:
-        if "{}" not in t:
-            raise ValueError(f"{kind} {dataset.name!r}: template {t!r} has no '{{}}' where the class name goes")
+    dataset.templates = check_templates(dataset.templates, f"templates of {kind} {dataset.name!r}",
+                                        allow_empty=True)
     if dataset.labels is not None:
         dataset.labels = check_labels(dataset.labels, n, len(dataset.classnames),
                                       f"labels of {kind} {dataset.name!r}", context=dataset.source or "",
