@@ -86,6 +86,10 @@ def lab_settings_without_autosave(folder: Path) -> Path:
     plugin = folder / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
     plugin.parent.mkdir(parents=True)
     plugin.write_text(json.dumps({"autosave": False}))
+    # every cell rendered, so a widget far down the notebook exists before it is scrolled to
+    tracker = folder / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     return folder
 
 
