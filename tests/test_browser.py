@@ -101,7 +101,11 @@ def notebook_page(tmp_path, notebook_name):
     notebook = REPO / "notebooks" / notebook_name
     committed = notebook.read_bytes()
     settings = lab_settings_without_autosave(tmp_path / "user-settings")
-    with make_lab(tmp_path, f"--LabApp.user_settings_dir={settings}") as (base, log, proc):
+    # a workspace of its own: the user's saved layout would reopen other notebooks beside this one
+    workspaces = tmp_path / "workspaces"
+    workspaces.mkdir()
+    args = f"--LabApp.user_settings_dir={settings} --LabApp.workspaces_dir={workspaces}"
+    with make_lab(tmp_path, args) as (base, log, proc):
         wait_for_api(base, log, proc)
         _, body = get(f"{base}/lab/api/settings/@jupyterlab/docmanager-extension:plugin")
         assert json.loads(body)["settings"].get("autosave") is False
@@ -121,10 +125,29 @@ def notebook_page(tmp_path, notebook_name):
     assert notebook.read_bytes() == committed, "the browser run saved into the notebook"
 
 
-def shown(page, control):
+def page_state(page):
+    """What the notebook shows now: prompts, errors and widget views, for a failure message."""
+    return page.evaluate("""() => {
+        const prompts = [...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent.trim());
+        const errors = [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type*="stderr"],'
+            + '.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]')]
+            .map(e => e.textContent.slice(0, 400));
+        const views = [...document.querySelectorAll('.jp-OutputArea-output')]
+            .map(e => e.className + ' ' + (e.getAttribute('data-mime-type') || '')).filter(c => /widget/.test(c));
+        const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+        return {prompts, errors, views, status: status && status.getAttribute('data-status')};
+    }""")
+
+
+def shown(page, control, sync_api, shots=None):
     """Wait for a widget control to be rendered, and bring it into view
     (JupyterLab skips rendering cells out of view)."""
-    control.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
+    try:
+        control.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
+    except sync_api.TimeoutError:
+        if shots is not None:
+            page.screenshot(path=str(shots / "timeout.png"), full_page=True)
+        pytest.fail(f"the widget was not rendered; the notebook showed {page_state(page)}")
     control.scroll_into_view_if_needed()
     control.wait_for(state="visible", timeout=30_000)
     dismiss_news_prompt(page)
@@ -139,7 +162,7 @@ def assert_pngs(shots, names):
 
 def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
     with notebook_page(tmp_path, NOTEBOOK) as page:
-        slider = shown(page, page.locator(".jp-OutputArea .widget-slider").first)
+        slider = shown(page, page.locator(".jp-OutputArea .widget-slider").first, pytest.importorskip("playwright.sync_api"), shots)
         # the widget is what JupyterLab rendered, not the static PNG
         assert "shift" in slider.inner_text()
         readout = slider.locator(".widget-readout")
@@ -161,7 +184,7 @@ def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
 
 def test_notebook_04_renders_a_live_closer_picker(tmp_path, shots):
     with notebook_page(tmp_path, "04_which_way_to_close_the_gap.ipynb") as page:
-        picker = shown(page, page.locator(".jp-OutputArea .widget-toggle-buttons").first)
+        picker = shown(page, page.locator(".jp-OutputArea .widget-toggle-buttons").first, pytest.importorskip("playwright.sync_api"), shots)
         chosen = picker.locator(".mod-active")
         assert chosen.inner_text().strip() == "mean-centering"
         view = page.locator(".jp-OutputArea-output", has=page.locator(".widget-toggle-buttons")).first
