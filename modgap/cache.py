@@ -145,26 +145,38 @@ class EmbeddingCache:
 
     def get(self, key: str, n_rows: int | None = None) -> np.ndarray | None:
         """The stored array, or ``None`` if absent, corrupt or stale."""
+        entry = self.get_entry(key, n_rows, stacklevel=4)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: str, n_rows: int | None = None, stacklevel: int = 3):
+        """``(embeddings, positions)`` as stored by :meth:`put` (the positions
+        the first run noted: files left out, texts cut), or ``None`` if the
+        entry is absent, corrupt, stale, or older than positions."""
         p = self.path(key)
         if not p.exists():
             self.misses += 1
             return None
         try:
             with np.load(p, allow_pickle=False) as z:
-                emb = z["embeddings"]
-                ok = str(z["key"]) == key and str(z["checksum"]) == _h(emb.tobytes())
+                emb, positions = z["embeddings"], z["positions"]
+                ok = str(z["key"]) == key and str(z["checksum"]) == _h(emb.tobytes(), positions.tobytes())
             if not ok or (n_rows is not None and emb.shape[0] != n_rows):
                 raise ValueError("key, checksum or shape mismatch")
         except Exception as e:  # noqa: BLE001 - an unreadable entry is recomputed, never returned
-            warnings.warn(f"embedding cache entry {p.name} is corrupt ({e}); recomputing", stacklevel=3)
+            warnings.warn(f"embedding cache entry {p.name} is corrupt ({e}); recomputing", stacklevel=stacklevel)
             self.misses += 1
             return None
         self.hits += 1
-        return emb
+        return emb, positions
 
-    def put(self, key: str, emb: np.ndarray) -> Path:
+    def put(self, key: str, emb: np.ndarray, positions=()) -> Path:
+        """Store ``emb`` under ``key``, with the ``positions`` (row indices)
+        a cached answer must report as the first one did."""
+        positions = np.asarray(positions, dtype=np.int64)
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                np.savez(fh, embeddings=emb, key=np.array(key), checksum=np.array(_h(emb.tobytes())))
+                np.savez(fh, embeddings=emb, positions=positions, key=np.array(key),
+                         checksum=np.array(_h(emb.tobytes(), positions.tobytes())))
 
         return atomic_write(self.path(key), write, overwrite=True)

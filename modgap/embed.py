@@ -16,6 +16,7 @@ where a method trains a copy, the ``model`` to run.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +43,9 @@ __all__ = [
     "pixels_at",
     "pixels_to_tensor",
     "show_progress",
+    "texts_cut",
+    "tokenize_checked",
+    "warn_cut",
     "warn_skipped",
 ]
 
@@ -330,18 +334,54 @@ def encode_images(clip, images, batch_size: int = 256, normalize: bool = True, p
     key = None
     if cache is not None:
         key = cache.key("images", fingerprint_model(clip.model), fingerprint_inputs(kind, items),
-                        repr(clip.preprocess), normalize, clip.device.type)
-        hit = cache.get(key)
+                        repr(clip.preprocess), normalize, clip.device.type, "notes-v1")
+        hit = cache.get_entry(key)
         if hit is not None:
-            return torch.from_numpy(hit).to(clip.device)
+            # a cached answer warns as the first one did
+            emb, skipped = hit
+            warn_skipped(items, skipped.tolist(), "Clip.encode_images", stacklevel=3)
+            return torch.from_numpy(emb).to(clip.device)
     skipped = [] if kind == "paths" else None
     emb = encode_pixels(clip, kind, items, batch_size=batch_size, progress=progress, skipped=skipped)
-    warn_skipped(items, skipped, "Clip.encode_images", stacklevel=3)
+    bad = warn_skipped(items, skipped, "Clip.encode_images", stacklevel=3)
     if normalize:
         emb = F.normalize(emb, dim=-1)
     if cache is not None:
-        cache.put(key, emb.cpu().numpy())
+        cache.put(key, emb.cpu().numpy(), bad)
     return emb
+
+
+def texts_cut(clip, texts, tokens) -> np.ndarray:
+    """The positions of ``texts`` longer than the model's context, which
+    the tokenizer cut to fit. A row whose last token is not padding filled
+    the context; where the tokenizer can ``encode`` (open_clip's own BPE),
+    its length decides between a text that fits exactly and one that was cut."""
+    full = np.flatnonzero((tokens[:, -1] != 0).cpu().numpy())
+    context = tokens.shape[1]
+    encode = getattr(clip.tokenizer, "encode", None)
+    if callable(encode) and len(full):
+        with contextlib.suppress(Exception):  # another encode signature: keep the bound
+            full = np.asarray([i for i in full if len(encode(texts[i])) + 2 > context], dtype=np.int64)
+    return full
+
+
+def tokenize_checked(clip, texts, where: str, stacklevel: int = 3) -> torch.Tensor:
+    """``clip.tokenize(texts)`` on the CPU, with one warning, said of
+    ``where``, for the texts cut at the context length."""
+    texts = list(texts)
+    tokens = clip.tokenize(texts)
+    warn_cut(texts, texts_cut(clip, texts, tokens), tokens.shape[1], where, stacklevel=stacklevel + 1)
+    return tokens
+
+
+def warn_cut(texts, cut, context: int, where: str, stacklevel: int = 3) -> None:
+    """One warning that counts and shows (the first three of) the cut texts."""
+    if not len(cut):
+        return
+    shown = "; ".join(repr(texts[i][:60] + ("..." if len(texts[i]) > 60 else "")) for i in cut[:3])
+    warnings.warn(f"{where}: {len(cut)} of {len(texts)} texts are longer than the model's context of "
+                  f"{context} tokens and were cut to fit ({shown}); shorten or split them to embed all of "
+                  "their words", stacklevel=stacklevel + 1)
 
 
 def encode_texts(clip, texts, batch_size: int = 256, normalize: bool = True, progress=None,
@@ -358,15 +398,27 @@ def encode_texts(clip, texts, batch_size: int = 256, normalize: bool = True, pro
     if cache is not None:
         key = cache.key("texts", fingerprint_model(model), fingerprint_inputs("texts", texts),
                         repr(clip.tokenizer.__class__), getattr(clip.tokenizer, "context_length", ""),
-                        normalize, clip.device.type)
-        hit = cache.get(key)
+                        normalize, clip.device.type, "notes-v1")
+        hit = cache.get_entry(key)
         if hit is not None:
-            return torch.from_numpy(hit).to(clip.device)
-    batches = (clip.tokenize(texts[i:i + batch_size]).to(clip.device) for i in range(0, len(texts), batch_size))
-    emb = _run(model, model.encode_text, batches, len(texts), clip.device, progress=progress, desc="texts",
+            emb, cut = hit
+            warn_cut(texts, cut, clip.tokenize([""]).shape[1], "encode_texts")
+            return torch.from_numpy(emb).to(clip.device)
+    cut, context = [], None
+
+    def batches():
+        nonlocal context
+        for i in range(0, len(texts), batch_size):
+            tokens = clip.tokenize(texts[i:i + batch_size])
+            context = tokens.shape[1]
+            cut.extend(i + texts_cut(clip, texts[i:i + batch_size], tokens))
+            yield tokens.to(clip.device)
+
+    emb = _run(model, model.encode_text, batches(), len(texts), clip.device, progress=progress, desc="texts",
                amp=True, dim=clip.embed_dim)
+    warn_cut(texts, cut, context, "encode_texts")
     if normalize:
         emb = F.normalize(emb, dim=-1)
     if cache is not None:
-        cache.put(key, emb.cpu().numpy())
+        cache.put(key, emb.cpu().numpy(), cut)
     return emb

@@ -26,9 +26,12 @@ import torch.nn.functional as F
 
 from . import embed
 from .io import RUN_FILE, check_manifest
-from .validation import check_templates
+from .validation import check_choice, check_templates
 
-__all__ = ["Clip", "ModelLoadError", "load_model", "offline_models", "parse_spec", "pick_device"]
+__all__ = ["PRECISIONS", "Clip", "ModelLoadError", "load_model", "offline_models", "parse_spec", "pick_device"]
+
+# open_clip's create_model knows these; any other string silently loads fp32
+PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 
 
 class ModelLoadError(RuntimeError):
@@ -196,7 +199,10 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
     weights_cache_dir : path, optional
         Where open_clip downloads and looks for weights (its ``cache_dir``).
     precision : str
-        open_clip's precision argument (``"fp32"``, ``"bf16"``, ...).
+        How the weights are held, in open_clip's words (:data:`PRECISIONS`):
+        ``"fp32"``; ``"fp16"`` / ``"bf16"`` (half-precision weights with
+        float32 layer norms, as OpenAI's CLIP); ``"pure_fp16"`` /
+        ``"pure_bf16"`` (everything in half precision).
 
     Notes
     -----
@@ -219,6 +225,7 @@ def load_model(spec: str, pretrained: str | None = None, device="auto", *, cache
                              f"do not pass pretrained={pretrained!r}")
         spec = f"local-dir:{saved}"
     schema, name, tag = parse_spec(spec, pretrained)
+    check_choice(precision, "precision", PRECISIONS)
     dev = pick_device(device)
     kwargs = {"device": dev, "precision": precision}
     label = spec if pretrained is None else f"{spec}:{pretrained}"

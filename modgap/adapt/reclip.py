@@ -28,7 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..embed import autocast_for, encode_pixels, image_inputs, pixels_at, show_progress, warn_skipped
+from ..embed import (
+    autocast_for,
+    encode_pixels,
+    image_inputs,
+    pixels_at,
+    show_progress,
+    tokenize_checked,
+    warn_skipped,
+)
 from ..validation import (
     check_callable,
     check_choice,
@@ -381,7 +389,8 @@ class ReCLIP(Estimator):
         show = show_progress(self.progress, len(items))
         device = self.device
         base = self.clip.model
-        tok_all = self.clip.tokenize([t.format(cn) for cn in classnames for t in templates]).to(device)
+        tok_all = tokenize_checked(self.clip, [t.format(cn) for cn in classnames for t in templates],
+                                   "ReCLIP.fit: class prompts").to(device)
         tok_first = self.clip.tokenize([templates[0].format(cn) for cn in classnames]).to(device)
         n_t = len(templates)
         # the frozen features are the first pass over the images: files that cannot be
