@@ -110,23 +110,32 @@ class Estimator(BaseEstimator):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit() first "
                                f"(or {type(self).__name__}.load(path))")
 
-    def _report(self, rows: list, row: dict) -> bool:
+    def _report(self, rows: list, row: dict, models: dict | None = None) -> bool:
         """Append ``row`` to ``rows`` and ``history_``, and ask the callback
-        whether to go on."""
+        whether to go on; ``models`` (the models in training, by the names of
+        :meth:`fitted_models`) are what :meth:`to_clip` hands the callback."""
         import pandas as pd
 
         rows.append(row)
         self.history_ = pd.DataFrame(rows)
         if self.callback is None:
             return True
-        return self.callback(self, dict(row)) is not False
+        self._models_in_training = models
+        try:
+            return self.callback(self, dict(row)) is not False
+        finally:
+            self._models_in_training = None
 
     def to_clip(self, model: str | None = None):
         """A trained model as a :class:`modgap.Clip` (the default model, or
         the one ``model`` names: see :meth:`fitted_models`), with the
-        original preprocessing and tokenizer."""
-        self._check_fitted()
-        models = self.fitted_models()
+        original preprocessing and tokenizer. Inside a ``callback``, during
+        ``fit``, it is the model as it is at that history row (the one being
+        trained, not a copy: embed with it, do not train it)."""
+        models = getattr(self, "_models_in_training", None)
+        if models is None:
+            self._check_fitted()
+            models = self.fitted_models()
         name = next(iter(models)) if model is None else model
         if name not in models:
             raise ValueError(f"model must be one of {tuple(models)} or None, got {model!r}")

@@ -486,7 +486,8 @@ class CLIPRefine(Estimator):
             torch.manual_seed(int(self.seed))
             gen = torch.Generator(device="cpu").manual_seed(int(self.seed))
             rng = np.random.default_rng(int(self.seed))
-            stop = not self._report(rows, self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")))
+            stop = not self._report(rows, self._row(0, 0, 0, {}, _gap(probe, held), t0, student, float("nan")),
+                                    {"model": student})
             step, seen, epoch, lr = 0, 0, 0, float("nan")
             # the weights of the last row of history_, to come back to if the loss diverges
             snapshot, snapshot_step, diverged = trainable_snapshot(student), 0, None
@@ -540,7 +541,8 @@ class CLIPRefine(Estimator):
                             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                             window = []
                             bar.set_postfix(loss=f"{values['loss']:.3f}", gap=f"{gap:.3f}")
-                            if not self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr)):
+                            if not self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr),
+                                                {"model": student}):
                                 stop = True
                                 break
                             snapshot, snapshot_step = trainable_snapshot(student), step
@@ -555,7 +557,8 @@ class CLIPRefine(Estimator):
                     restore_snapshot([student], snapshot)
                 else:
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr))
+                    self._report(rows, self._row(step, epoch, seen, mean, gap, t0, student, lr),
+                                 {"model": student})
 
         student.eval()
         student.requires_grad_(False)

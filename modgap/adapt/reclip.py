@@ -465,7 +465,7 @@ class ReCLIP(Estimator):
                             centroid_distance, train_stats)
             if show:
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
-            if not self._report(rows, row) or epoch == epochs:
+            if not self._report(rows, row, {"visual": v_model, "text": t_model}) or epoch == epochs:
                 break
             snapshot = trainable_snapshot(v_model, t_model)
             # (3) one training pass on the images where the branches agree

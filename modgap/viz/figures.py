@@ -36,8 +36,8 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 
-from . import metrics as _m
-from .validation import check_embeddings, check_pair, unit_rows
+from .. import metrics as _m
+from ..validation import check_embeddings, check_pair, unit_rows
 
 __all__ = [
     "draw_map",
@@ -870,7 +870,7 @@ def plot_images(images, labels=None, class_names=None, *, n: int = 16, ncols: in
     """
     import matplotlib.pyplot as plt
 
-    from .data.containers import ImageSet
+    from ..data.containers import ImageSet
 
     if isinstance(images, ImageSet):
         labels = images.labels if labels is None else labels
