@@ -76,7 +76,7 @@ def test_selection_maps_back_to_rows_of_each_modality(world):
 
 
 def test_hovering_shows_the_thumbnail_and_the_nearest_texts(world):
-    img, txt, images, labels, texts = world
+    img, _, images, _, texts = world
     txt = img.copy()  # text i is image i: its nearest text is its own caption
     ex = viz.explore(img, txt, images=images, texts=texts, method="pca")
     ex.scatter.widget.hovering = 4

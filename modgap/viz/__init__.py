@@ -8,7 +8,6 @@
   jupyter-scatter: thumbnails and captions on hover, lasso selection back
   in Python, and before/after animation in one shared frame.
 """
-from .interactive import EmbeddingTrail, Explorer, explore, explore_shift
 from .figures import (
     EXACT_KNN_MAX,
     REDUCERS,
@@ -23,6 +22,7 @@ from .figures import (
     plot_similarity,
     plot_spectrum,
 )
+from .interactive import EmbeddingTrail, Explorer, explore, explore_shift
 
 __all__ = [
     "EXACT_KNN_MAX",
