@@ -14,6 +14,7 @@ from matplotlib.quiver import Quiver
 
 from modgap import metrics as M
 from modgap import viz as V
+from modgap.viz import figures as V_figures
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +79,7 @@ def test_fit_2d_umap_is_seeded_and_imports_umap_once(world):
     b = V.fit_2d(x, "umap", random_state=3, n_epochs=30)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (72, 2) and np.isfinite(a).all()
-    info = V._umap_class.cache_info()
+    info = V_figures._umap_class.cache_info()
     assert info.misses == 1 and info.hits >= 1
 
 
@@ -99,7 +100,7 @@ def recording_umap(made):
 
 def test_fit_2d_umap_gets_exact_neighbours_unless_the_reducer_must_transform(world, monkeypatch):
     made = []
-    monkeypatch.setattr(V, "_umap_class", lambda: recording_umap(made))
+    monkeypatch.setattr(V_figures, "_umap_class", lambda: recording_umap(made))
     img = world[0]
     assert V.fit_2d(img, "umap", random_state=5).shape == (36, 2)
     (plain,) = made
