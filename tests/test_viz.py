@@ -105,7 +105,7 @@ def test_fit_2d_umap_gets_exact_neighbours_unless_the_reducer_must_transform(wor
     assert V.fit_2d(img, "umap", random_state=5).shape == (36, 2)
     (plain,) = made
     knn_idx, knn_dist = plain.params["precomputed_knn"]
-    ref_idx, ref_dist = V._exact_knn(img.astype(np.float32), 15)
+    ref_idx, ref_dist = V_figures._exact_knn(img.astype(np.float32), 15)
     np.testing.assert_array_equal(knn_idx, ref_idx)
     np.testing.assert_array_equal(knn_dist, ref_dist)
     assert plain.x.dtype == np.float32 and plain.params["random_state"] == 5
