@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from labserver import REPO, TOKEN, get, make_lab, wait_for_api
 
@@ -22,8 +23,10 @@ NOTEBOOK = "01_measuring_the_gap.ipynb"
 CHROMIUM = os.environ.get("MODGAP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Without the background-networking flags Chromium keeps calling Google's
 # hosts, which a closed network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# WebGL (jupyter-scatter's maps) from SwiftShader, Chromium's software renderer: no GPU needed
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 RUN_PATIENCE_MS = 8 * 60 * 1000
 
 if not CHROMIUM and os.environ.get("CI"):
@@ -197,3 +200,76 @@ def test_notebook_04_renders_a_live_closer_picker(tmp_path, shots):
         assert chosen.inner_text().strip() == "standardization"
         view.screenshot(path=str(shots / "04_closer_picker_moved.png"))
     assert_pngs(shots, ("04_closer_picker.png", "04_closer_picker_moved.png"))
+
+
+def hover_until(page, canvas, condition, steps=24):
+    """Sweep the mouse over ``canvas`` on a grid until ``condition()`` holds."""
+    box = canvas.bounding_box()
+    for fy in np.linspace(0.15, 0.85, steps // 2):
+        for fx in np.linspace(0.1, 0.9, steps):
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+            page.wait_for_timeout(60)
+            if condition():
+                return
+    pytest.fail("no point answered the mouse on the map")
+
+
+def lasso(page, explorer, canvas):
+    """Pick jupyter-scatter's lasso in its toolbar and drag a loop around the
+    middle of ``canvas``."""
+    explorer.locator('button[title="Activate lasso selection"]').first.click()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    rx, ry = box["width"] * 0.4, box["height"] * 0.4
+    page.mouse.move(cx + rx, cy)
+    page.mouse.down()
+    for t in np.linspace(0, 2 * np.pi, 48):
+        page.mouse.move(cx + rx * np.cos(t), cy + ry * np.sin(t), steps=2)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+
+
+def test_notebook_01_map_shows_thumbnails_and_hands_the_selection_to_the_kernel(tmp_path, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with notebook_page(tmp_path, NOTEBOOK) as page:
+        explorer = shown(page, page.locator(".jp-OutputArea .modgap-explorer").first, sync_api, shots)
+        canvas = explorer.locator("canvas").first
+        canvas.wait_for(state="visible", timeout=60_000)
+        preview = explorer.locator(".modgap-preview").first
+        caption = explorer.locator(".modgap-caption").first
+        assert "hover a point" in caption.inner_text()
+
+        # hovering a point: the kernel answers with the image's thumbnail or the caption
+        hover_until(page, canvas, lambda: "hover a point" not in caption.inner_text())
+        wait_until(lambda: caption.inner_text().strip().startswith(("image", "text")), 30)
+        if caption.inner_text().startswith("text"):
+            hover_until(page, canvas, lambda: caption.inner_text().startswith("image"))
+        wait_until(lambda: preview.evaluate("img => img.complete && img.naturalWidth > 0"), 30)
+        assert "nearest texts" in explorer.inner_text()
+        explorer.screenshot(path=str(shots / "01_explorer_hover.png"))
+
+        # a lasso: the kernel counts the selected points and says so beside the map
+        label = explorer.locator(".modgap-selection").first
+        assert label.inner_text().strip() == "selected: none"
+        lasso(page, explorer, canvas)
+        wait_until(lambda: label.inner_text().strip() != "selected: none", 60)
+        said = label.inner_text().strip()
+        n = int(said.split()[1])
+        assert n > 0, said
+        explorer.screenshot(path=str(shots / "01_explorer_selection.png"))
+    assert_pngs(shots, ("01_explorer_hover.png", "01_explorer_selection.png"))
+
+
+def test_notebook_02_map_plays_the_epochs(tmp_path, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with notebook_page(tmp_path, "02_reclip_pseudo_label_dynamics.ipynb") as page:
+        explorer = shown(page, page.locator(".jp-OutputArea .modgap-explorer").first, sync_api, shots)
+        explorer.locator("canvas").first.wait_for(state="visible", timeout=60_000)
+        frame = explorer.locator(".modgap-frame").first
+        assert frame.inner_text().strip() == "start"
+        explorer.screenshot(path=str(shots / "02_explorer_start.png"))
+        explorer.locator(".widget-play button").first.click()
+        wait_until(lambda: frame.inner_text().strip().startswith("epoch"), 60)
+        page.wait_for_timeout(1500)  # let the points travel
+        explorer.screenshot(path=str(shots / "02_explorer_playing.png"))
+    assert_pngs(shots, ("02_explorer_start.png", "02_explorer_playing.png"))

@@ -82,6 +82,11 @@ def thumbnail_png(image, size: int = THUMBNAIL_PX) -> bytes:
     return buf.getvalue()
 
 
+def _blank_png() -> bytes:
+    """The empty preview: a pale square, where an image would go."""
+    return thumbnail_png(np.full((THUMBNAIL_PX, THUMBNAIL_PX, 3), 240, dtype=np.uint8))
+
+
 def _column(values, n: int, name: str, class_names=None):
     if values is None:
         return np.full(n, "", dtype=object)
@@ -145,7 +150,7 @@ class Explorer:
     """
 
     def __init__(self, points, frames, *, image_emb=None, text_emb=None, images=None, color_by="modality",
-                 frame_names=None, gap=True, height=460, n_neighbours=3):
+                 frame_names=None, gap=True, width=560, height=460, n_neighbours=3):
         import ipywidgets as w
 
         jscatter = _jscatter()
@@ -158,7 +163,7 @@ class Explorer:
         self._n_neighbours = n_neighbours
         self._show_gap = gap
         self._state = _Selection()
-        self.scatter = jscatter.Scatter(x="x", y="y", data=points, height=height, legend=True,
+        self.scatter = jscatter.Scatter(x="x", y="y", data=points, width=width, height=height, legend=True,
                                         tooltip=True, lasso_initiator=True)
         self.scatter.tooltip(True, properties=["color"], preview="caption", preview_type="text")
         self.color(color_by)
@@ -171,7 +176,7 @@ class Explorer:
         self.color_picker = w.ToggleButtons(options=[c for c in COLOR_BY if self._colourable(c)],
                                             value=color_by, description="colour by")
         self.color_picker.observe(lambda ch: self.color(ch["new"]), "value")
-        self.preview = w.Image(format="png", layout=w.Layout(width=f"{THUMBNAIL_PX}px",
+        self.preview = w.Image(value=_blank_png(), format="png", layout=w.Layout(width=f"{THUMBNAIL_PX}px",
                                                               height=f"{THUMBNAIL_PX}px"))
         self.preview.add_class("modgap-preview")
         self.caption = w.HTML("<i>hover a point</i>")
@@ -299,7 +304,7 @@ class Explorer:
                 self.neighbours.value = "nearest texts:<br>" + "<br>".join(
                     f"{s:.2f} {html.escape(str(texts[j]) or f'text {j}')}" for j, s in near)
         else:
-            self.preview.value = b""
+            self.preview.value = _blank_png()
             self.caption.value = f"<b>text {row}</b>{label}: {html.escape(str(p['caption']))}"
             near = self._nearest(self._text_emb, self._image_emb, row)
             if near is not None:
@@ -331,7 +336,7 @@ def _state_rows(state, name: str):
 
 def explore(image_emb, text_emb=None, *, images=None, texts=None, labels=None, text_labels=None,
             class_names=None, domains=None, method: str = "umap", color_by: str = "modality",
-            random_state: int = 0, xy=None, reducer_kwargs=None, height: int = 460) -> Explorer:
+            random_state: int = 0, xy=None, reducer_kwargs=None, width: int = 560, height: int = 460) -> Explorer:
     """An interactive map of image (and text) embeddings.
 
     Parameters
@@ -354,6 +359,8 @@ def explore(image_emb, text_emb=None, *, images=None, texts=None, labels=None, t
     color_by : {"modality", "class", "domain"}
     xy : array [N + M, 2], optional
         Coordinates already computed (images first); no reducer is fitted.
+    width, height : int
+        The map's size in pixels (the side panel adds 300 px).
 
     Returns
     -------
@@ -376,13 +383,13 @@ def explore(image_emb, text_emb=None, *, images=None, texts=None, labels=None, t
     points = points_frame(xy[:n_i], xy[n_i:] if n_t else None, labels=labels, text_labels=text_labels,
                           class_names=class_names, domains=domains, texts=texts)
     return Explorer(points, [xy], image_emb=img, text_emb=txt, images=_image_source(images, n_i),
-                    color_by=color_by, height=height)
+                    color_by=color_by, width=width, height=height)
 
 
 def explore_shift(before=None, after=None, *, states: Sequence | None = None, names=None, images=None, texts=None,
                   labels=None, text_labels=None, class_names=None, domains=None, method: str = "umap",
                   color_by: str = "modality", random_state: int = 0, reducer_kwargs=None,
-                  height: int = 460) -> Explorer:
+                  width: int = 560, height: int = 460) -> Explorer:
     """The same rows in several states, animated in one shared map.
 
     ``explore_shift(before, after)`` for two states, or
@@ -422,7 +429,8 @@ def explore_shift(before=None, after=None, *, states: Sequence | None = None, na
     points = points_frame(frames[0][:n_i], frames[0][n_i:] if txt0 is not None else None, labels=labels,
                           text_labels=text_labels, class_names=class_names, domains=domains, texts=texts)
     return Explorer(points, frames, image_emb=states[-1][0], text_emb=states[-1][1],
-                    images=_image_source(images, n_i), color_by=color_by, frame_names=names, height=height)
+                    images=_image_source(images, n_i), color_by=color_by, frame_names=names, width=width,
+                    height=height)
 
 
 class EmbeddingTrail:
