@@ -455,7 +455,7 @@ def _cmd_refine(args) -> int:
         raise CommandLineError(f"{given} keeps {kept} of the {len(pairs)} pairs for measuring, leaving fewer "
                                "than 2 to train on; lower --holdout (0 measures nothing) or give more pairs "
                                "(--n of a named set)")
-    params = _passed(args, "epochs", "lr", "batch_size", "holdout")
+    params = _passed(args, "epochs", "steps", "lr", "batch_size", "holdout")
     est = run_refine(_load(args), pairs, method=args.method, seed=args.seed, out=args.out,
                      overwrite=args.overwrite, **params)
     print(est.history_.tail(5).to_string(index=False))
@@ -565,8 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     columns(f)
     f.add_argument("--method", default="clip-refine", choices=list(METHODS),
                    help="clip-refine or one of its baselines (default: clip-refine)")
-    f.add_argument("--epochs", type=_whole(1), default=None,
-                   help="passes over the pairs (default: by model size)")
+    budget = f.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=_whole(1), default=None,
+                        help="passes over the pairs (default: by model size)")
+    budget.add_argument("--steps", type=_whole(1), default=None,
+                        help="optimiser steps instead of epochs (default: by model size: 120 for small models)")
     f.add_argument("--lr", type=_number(0.0, above=True), default=None,
                    help="peak learning rate (default: by model size)")
     f.add_argument("--batch-size", type=_whole(2), default=None, help="pairs a step (default: by model size)")

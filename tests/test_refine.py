@@ -2,6 +2,7 @@
 the untouched caller's model and teacher, RaFA's references, determinism,
 saving and loading, logging and the parameter checks."""
 import copy
+import warnings
 
 import numpy as np
 import open_clip
@@ -21,6 +22,7 @@ from modgap.adapt.clip_refine import (
     auto_temperature,
     default_hyperparameters,
     run_refine,
+    step_plan,
 )
 from modgap.embed import pixels_to_tensor
 
@@ -207,9 +209,9 @@ def test_defaults_follow_model_size(tiny):
     small_hp = default_hyperparameters(tiny.model)
     big = torch.nn.Linear(6000, 6000, device="meta")   # 36M parameters, no memory
     # the reference recipe for large models
-    assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1, "temperature": 1.0,
-                                            "temperature_factor": 1.0, "lambda_rafa": 1.0, "warmup": 0,
-                                            "schedule": "constant"}
+    assert default_hyperparameters(big) == {"lr": 1e-6, "batch_size": 512, "epochs": 1, "steps": None,
+                                            "temperature": 1.0, "temperature_factor": 1.0, "lambda_rafa": 1.0,
+                                            "warmup": 0, "schedule": "constant"}
     assert small_hp.keys() == default_hyperparameters(big).keys()
     assert small_hp["lr"] > 1e-4 and small_hp["temperature"] == "auto" and small_hp["schedule"] == "cosine"
     assert small_hp["temperature_factor"] > 1
@@ -375,3 +377,50 @@ def test_pairs_whose_image_cannot_be_read_are_left_out_with_one_warning(tiny, pa
     with pytest.warns(UserWarning, match=r"held-out pairs\): skipped 1 of 8"):
         held = small(tiny, method="contrastive").fit(pairs, eval_pairs=files.subset(np.arange(8)))
     assert held.skipped_files_ == [paths[5]] and np.isfinite(held.history_["centroid_distance"]).all()
+
+
+@pytest.mark.parametrize(("n", "steps", "epochs", "passes", "too_few"), [
+    (2_000, 120, 8, 7.68, True),     # 15 batches a pass: the budget repeats every pair 7.7 times
+    (4_000, 120, 4, 3.84, False),
+    (7_744, 120, 2, 1.98, False),    # the size the recipe was tuned at: 2 epochs of 60 steps
+    (50_000, 120, 1, 0.31, False),   # the budget ends a third into the first pass
+])
+def test_small_models_train_a_step_budget_whatever_the_size(tiny, n, steps, epochs, passes, too_few):
+    hp = default_hyperparameters(tiny.model)
+    plan = step_plan(n, hp["batch_size"], hp=hp)
+    assert plan["steps"] == steps and plan["epochs"] == epochs and plan["too_few"] is too_few
+    assert plan["passes"] == pytest.approx(passes, abs=0.01)
+    # given epochs or steps, the budget steps aside
+    assert step_plan(n, 128, epochs=1, hp=hp)["steps"] == max(1, n // 128)
+    assert step_plan(n, 128, steps=7, hp=hp) == {**step_plan(n, 128, steps=7, hp=hp), "steps": 7, "too_few": False}
+
+
+def test_large_models_keep_the_reference_epoch():
+    plan = step_plan(100_000, 512)
+    assert plan == {"steps": 195, "epochs": 1, "per_epoch": 195, "passes": pytest.approx(0.9984), "too_few": False}
+
+
+def test_the_learning_rate_schedule_runs_over_the_budget(tiny, pairs):
+    est = small(tiny, method="rafa", epochs=None, steps=7, batch_size=16, holdout=0, log_every=1,
+                lr=1e-4, schedule="cosine", warmup=2).fit(pairs)
+    h = est.history_
+    assert est.total_steps_ == 7 and est.n_steps_ == 7 and est.epochs_ == 3  # 3 + 3 + 1 batches of 56 pairs
+    assert list(h["step"]) == list(range(8))
+    lr = h["lr"].to_numpy()[1:]
+    assert lr[0] == pytest.approx(0.5e-4) and lr[1] == pytest.approx(1e-4)   # the warm-up's two steps
+    assert lr[-1] == pytest.approx(learning_rate_at(6, 7, 1e-4, 2, "cosine")) and lr[-1] < lr[2]
+
+
+def test_too_few_pairs_for_the_budget_are_said(tiny):
+    few = data.load("shapes-pairs", split="train", n=400, seed=3)
+    # the callback stops the fit at its first row: the warning comes before any training
+    est = CLIPRefine(tiny, holdout=0, progress=False, callback=lambda est, row: False)
+    with pytest.warns(UserWarning, match=r"400 training pairs are too few for the recipe's 120 steps of 128 pairs: "
+                                         r"it passes over each pair 38.4 times"):
+        est.fit(few)
+    assert est.total_steps_ == 120 and est.n_steps_ == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CLIPRefine(tiny, holdout=0, progress=False, steps=120, callback=lambda est, row: False).fit(few)
+    with pytest.raises(ValueError, match="epochs or steps, not both"):
+        CLIPRefine(tiny, epochs=1, steps=3, progress=False).fit(few)

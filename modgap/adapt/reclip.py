@@ -52,6 +52,7 @@ __all__ = [
     "SMALL_MODEL_DIM",
     "ReCLIP",
     "default_schedule",
+    "label_free_figures",
     "reference_epochs",
     "run_reclip",
     "text_norm_parameters",
@@ -87,6 +88,28 @@ def default_schedule(embed_dim: int, n_images: int) -> dict:
     if embed_dim >= SMALL_MODEL_DIM:
         return {"epochs": reference_epochs(n_images), "lr_visual": 1e-3, "lr_text": 1e-3}
     return dict(_SMALL_SCHEDULE)
+
+
+def label_free_figures(pred, previous, zero_shot, v_labels, t_labels, logits) -> dict:
+    """What one epoch of ReCLIP says about itself without labels: ``stability``
+    (share of predictions unchanged since the last epoch; NaN at epoch 0),
+    ``zero_shot_agreement`` (share equal to the frozen model's zero-shot
+    prediction), ``lp_zero_shot_agreement`` (ReCLIP-V's label-propagation
+    labels against zero-shot), ``confidence`` (mean top-class probability of
+    the averaged branches at the model's logit scale) and ``class_balance``
+    (entropy of the predicted class shares over its largest value, 1 when
+    every class is predicted equally often)."""
+    c = logits.shape[1]
+    counts = torch.bincount(pred, minlength=c).double()
+    share = counts / counts.sum()
+    entropy = float(-(share[share > 0] * share[share > 0].log()).sum())
+    return {
+        "stability": float("nan") if previous is None else float((pred == previous).float().mean()),
+        "zero_shot_agreement": float((pred == zero_shot).float().mean()),
+        "lp_zero_shot_agreement": float((v_labels == zero_shot).float().mean()),
+        "confidence": float(torch.softmax(logits.float() / 2, dim=1).max(1).values.mean()),
+        "class_balance": entropy / math.log(c),
+    }
 
 
 def visual_norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -437,6 +460,7 @@ class ReCLIP(Estimator):
             self.__dict__.pop(stale, None)
         rows = []
         train_stats = {}
+        zero_shot, previous = (f0 @ text0.T).argmax(1), None
         diverged = snapshot = None
         bar = tqdm(range(epochs + 1), desc="ReCLIP", disable=not show)
         for epoch in bar:
@@ -463,6 +487,9 @@ class ReCLIP(Estimator):
             logits_t = scale * f0 @ t_first.T
             row = self._row(epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all,
                             centroid_distance, train_stats)
+            pred = (logits_v + logits_t).argmax(1)
+            row.update(label_free_figures(pred, previous, zero_shot, v_pl, t_pl, logits_v + logits_t))
+            previous = pred
             if show:
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
             if not self._report(rows, row, {"visual": v_model, "text": t_model}) or epoch == epochs:
