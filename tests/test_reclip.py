@@ -1,6 +1,9 @@
 """ReCLIP and its graph pieces: the projection, the kNN graph, conjugate
 gradient, label propagation, and the two-branch self-training."""
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse.linalg as sla
 import torch
@@ -268,6 +271,8 @@ def make(clip, ds, **kw):
     kw.setdefault("lr_visual", 0.5)
     kw.setdefault("lr_text", 0.5)
     kw.setdefault("progress", False)
+    # the micro model is random: its zero-shot is too unbalanced for ReCLIP to adapt by default
+    kw.setdefault("min_balance", 0.0)
     return ReCLIP(clip, ds.classnames, ds.templates, **kw)
 
 
@@ -422,7 +427,8 @@ def test_load_rejects_another_architecture(fitted, tmp_path):
 
 
 def test_run_reclip_takes_names_templates_and_labels_from_an_image_set(clip, target, tmp_path):
-    est = run_reclip(clip, target, out=tmp_path / "out", epochs=1, k=5, batch_size=16, progress=False)
+    est = run_reclip(clip, target, out=tmp_path / "out", epochs=1, k=5, batch_size=16, progress=False,
+                     min_balance=0.0)
     assert est.classnames == list(target.classnames)
     assert est.history_.acc.notna().all()
     assert (tmp_path / "out" / "estimator.json").is_file()
@@ -565,3 +571,62 @@ def test_fit_on_files_none_of_which_decode_says_so(clip, target, tmp_path):
     with pytest.raises(ValueError, match="none of the 48 image files could be read"), \
             pytest.warns(UserWarning, match="skipped 48 of 48"):
         make(clip, target).fit(paths)
+
+
+# -- knowing when not to adapt ----------------------------------------------
+def test_label_free_figures_on_a_constructed_epoch():
+    pred = torch.tensor([0, 0, 1, 2, 2, 2])
+    figures = reclip_mod.label_free_figures(pred, torch.tensor([0, 1, 1, 2, 2, 0]), torch.tensor([0, 0, 0, 2, 2, 2]),
+                                            torch.tensor([0, 0, 1, 1, 2, 2]), None,
+                                            torch.eye(3)[pred] * 10)
+    assert figures["stability"] == pytest.approx(4 / 6)
+    assert figures["zero_shot_agreement"] == pytest.approx(5 / 6)
+    assert figures["lp_zero_shot_agreement"] == pytest.approx(4 / 6)
+    shares = np.array([2, 1, 3]) / 6
+    assert figures["class_balance"] == pytest.approx(-(shares * np.log(shares)).sum() / np.log(3))
+    assert figures["confidence"] == pytest.approx(np.exp(5) / (np.exp(5) + 2))
+    first = reclip_mod.label_free_figures(pred, None, pred, pred, None, torch.eye(3)[pred])
+    assert np.isnan(first["stability"]) and first["zero_shot_agreement"] == 1.0
+    one_class = reclip_mod.label_free_figures(torch.zeros(6, dtype=torch.long), None, pred, pred, None, torch.ones(6, 3))
+    assert one_class["class_balance"] == 0.0
+
+
+def test_an_unbalanced_start_is_not_adapted_and_predicts_as_zero_shot(clip, target, tmp_path):
+    # the micro model is random: its zero-shot predictions fall on few classes
+    est = make(clip, target, min_balance=0.75)
+    with pytest.warns(UserWarning, match=r"too unevenly to adapt \(class balance 0\.\d\d < min_balance=0\.75\)"):
+        est.fit(target)
+    h = est.history_
+    assert est.adapted_ is False and len(h) == 1 and h["class_balance"][0] < 0.75 and h["trained"][0] == 0
+    zero_shot = (est.initial_image_embeddings_ @ est.class_embeddings_.T).argmax(1)
+    assert np.array_equal(est.predict(target), zero_shot)
+    assert np.array_equal(est.labels_, zero_shot)
+    # nothing trained: both branches are the frozen model
+    for model in (est.visual_model_, est.text_model_):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v.cpu(), clip.model.state_dict()[k].cpu()), k
+    est.save(tmp_path / "kept")
+    assert ReCLIP.load(tmp_path / "kept", clip).adapted_ is False
+    adapted = make(clip, target, min_balance=0.0).fit(target)
+    assert adapted.adapted_ is True and len(adapted.history_) == 3
+
+
+def test_the_decision_never_looks_at_labels(clip, target):
+    figures = ["epoch", "agreement", "stability", "zero_shot_agreement", "lp_zero_shot_agreement", "confidence",
+               "class_balance"]
+    for balance in (0.0, 0.75):
+        with_labels = make(clip, target, min_balance=balance)
+        without = make(clip, target, min_balance=balance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with_labels.fit(target, labels=target.labels)
+            without.fit(target)
+        assert with_labels.adapted_ == without.adapted_
+        pd.testing.assert_frame_equal(with_labels.history_[figures], without.history_[figures])
+        assert np.array_equal(with_labels.predict(target), without.predict(target))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True])
+def test_min_balance_is_checked(clip, target, bad):
+    with pytest.raises((ValueError, TypeError), match="min_balance"):
+        make(clip, target, min_balance=bad).fit(target)

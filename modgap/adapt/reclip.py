@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from .base import ON_DIVERGENCE, Estimator, restore_snapshot, run_estimator, tra
 from .graph import propagate
 
 __all__ = [
+    "MIN_BALANCE",
     "SMALL_MODEL_DIM",
     "ReCLIP",
     "default_schedule",
@@ -65,6 +67,9 @@ _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)
 # models with a smaller joint embedding than this count as small (modgap-tiny: 128;
 # the smallest open_clip models, ViT-B and RN50: 512 and 1024)
 SMALL_MODEL_DIM = 256
+# below this class balance of the frozen model's predictions ReCLIP does not
+# adapt; chosen on the validation suite of benchmarks/heldout_suite.py
+MIN_BALANCE = 0.75
 _SMALL_SCHEDULE = {"epochs": 5, "lr_visual": 5e-2, "lr_text": 5e-2}
 
 
@@ -212,6 +217,16 @@ class ReCLIP(Estimator):
         model evaluated in that row is the result.
     progress : bool, optional
         Progress bars; ``None`` shows them for 2048 images or more.
+    min_balance : float in [0, 1]
+        When adaptation cannot help. Before any training ReCLIP reads, without
+        labels, how evenly the frozen model spreads its predictions over the
+        classes (``class_balance`` in ``history_``: the entropy of the
+        predicted class shares over its maximum). Below ``min_balance`` the
+        model sees the target as a few classes only, and self-training on its
+        pseudo labels lost accuracy on the validation suite
+        (``benchmarks/heldout_suite.py --suite validation``: up to 4 points);
+        ReCLIP then warns, trains nothing, sets ``adapted_ = False`` and
+        predicts as the zero-shot classifier does. 0 always adapts.
     on_divergence : {"raise", "warn"}
         What a loss, feature or class embedding that is no longer finite
         does: training stops at once, both branches go back to the weights
@@ -287,7 +302,8 @@ class ReCLIP(Estimator):
     def __init__(self, clip, classnames, templates=("a photo of a {}.",), epochs=None, batch_size=64,
                  lr_visual=None, lr_text=None, k=20, alpha=0.99, seed=0, *, momentum=0.9,
                  weight_decay=1e-4, logit_scale=100.0, rank_cap="auto", max_iter=20, tol=1e-6,
-                 eval_batch_size=256, amp=True, callback=None, progress=None, on_divergence="raise"):
+                 eval_batch_size=256, amp=True, callback=None, progress=None, on_divergence="raise",
+                 min_balance=MIN_BALANCE):
         self.clip = clip
         self.classnames = classnames
         self.templates = templates
@@ -309,6 +325,7 @@ class ReCLIP(Estimator):
         self.callback = callback
         self.progress = progress
         self.on_divergence = on_divergence
+        self.min_balance = min_balance
 
     # -- validation ------------------------------------------------------
     def _validate_params(self) -> None:
@@ -328,6 +345,7 @@ class ReCLIP(Estimator):
             check_number(getattr(self, name), name, low=0.0, allow_none=True)
         for name in ("momentum", "weight_decay", "tol"):
             check_number(getattr(self, name), name, low=0.0)
+        check_number(self.min_balance, "min_balance", low=0.0, high=1.0)
         check_number(self.logit_scale, "logit_scale", low=0.0, low_open=True)
         check_number(self.alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
         check_int(self.seed, "seed", min_value=None)
@@ -461,6 +479,7 @@ class ReCLIP(Estimator):
         rows = []
         train_stats = {}
         zero_shot, previous = (f0 @ text0.T).argmax(1), None
+        adapted = True
         diverged = snapshot = None
         bar = tqdm(range(epochs + 1), desc="ReCLIP", disable=not show)
         for epoch in bar:
@@ -490,6 +509,12 @@ class ReCLIP(Estimator):
             pred = (logits_v + logits_t).argmax(1)
             row.update(label_free_figures(pred, previous, zero_shot, v_pl, t_pl, logits_v + logits_t))
             previous = pred
+            if epoch == 0 and row["class_balance"] < self.min_balance:
+                # adaptation cannot help: keep the frozen model and its zero-shot classifier
+                self._report(rows, row, {"visual": v_model, "text": t_model})
+                centroids, t_first, fv, t_all = text0.clone(), text0.clone(), f0, text0.clone()
+                adapted = False
+                break
             if show:
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("agreement", "acc") if not math.isnan(row[k])})
             if not self._report(rows, row, {"visual": v_model, "text": t_model}) or epoch == epochs:
@@ -507,6 +532,7 @@ class ReCLIP(Estimator):
         self.visual_model_ = v_model
         self.text_model_ = t_model
         self.epochs_ = epochs
+        self.adapted_ = adapted
         self.lr_visual_ = lr_visual
         self.lr_text_ = lr_text
         self.centroids_ = centroids.cpu().numpy()
@@ -515,10 +541,17 @@ class ReCLIP(Estimator):
         self.class_embeddings_ = text0.cpu().numpy()
         self.pseudo_labels_v_ = v_pl.cpu().numpy()
         self.pseudo_labels_t_ = t_pl.cpu().numpy()
-        self.labels_ = (0.5 * (logits_v + logits_t)).argmax(1).cpu().numpy()
+        self.labels_ = ((0.5 * (logits_v + logits_t)).argmax(1) if adapted else zero_shot).cpu().numpy()
         self.image_embeddings_ = fv.cpu().numpy()
         self.initial_image_embeddings_ = f0.cpu().numpy()
         self.skipped_ = skipped
+        if not adapted:
+            warnings.warn(
+                f"ReCLIP: the frozen model spreads its predictions over the {c} classes too unevenly to adapt "
+                f"(class balance {rows[0]['class_balance']:.2f} < min_balance={self.min_balance:g}); "
+                "self-training on its pseudo labels would likely lose accuracy. Nothing was trained: the model "
+                "predicts as zero-shot does (adapted_ is False). min_balance=0 adapts regardless.",
+                UserWarning, stacklevel=2)
         self._warn_if_collapsed(f0 @ text0.T)
         self._end_of_divergence(diverged)
         return self
@@ -625,7 +658,7 @@ class ReCLIP(Estimator):
     # -- predict ---------------------------------------------------------
     _fitted_attr = "visual_model_"
     _saved_arrays = ("centroids_", "text_classifier_", "text_class_embeddings_", "class_embeddings_")
-    _saved_scalars = ("classnames_", "templates_", "epochs_", "lr_visual_", "lr_text_", "diverged_")
+    _saved_scalars = ("classnames_", "templates_", "epochs_", "lr_visual_", "lr_text_", "diverged_", "adapted_")
 
     def fitted_models(self) -> dict:
         """``{"visual": ReCLIP-V's model, "text": ReCLIP-T's model}``."""
@@ -634,6 +667,7 @@ class ReCLIP(Estimator):
 
     def _restore_models(self, models: dict) -> None:
         self.visual_model_, self.text_model_ = models["visual"], models["text"]
+        self.adapted_ = True  # runs saved before min_balance existed always adapted
 
     def _suffix(self, model_name: str) -> str:
         return f"reclip-{model_name}"
