@@ -63,6 +63,13 @@ def _number(low: float, *, above: bool):
     return parse
 
 
+def _share(text: str) -> float:
+    value = _number(0.0, above=False)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {text}")
+    return value
+
+
 def _holdout(text: str) -> int | float:
     """A count of pairs (``256``) or a fraction of them (``0.1``)."""
     try:
@@ -430,7 +437,7 @@ def _cmd_reclip(args) -> int:
         raise CommandLineError(f"{given} must be smaller than the number of graph nodes (images + classes = "
                                f"{len(ds)} + {len(ds.classnames)}); lower --k or give more images "
                                "(--n of a named set)")
-    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k")
+    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_balance")
     est = run_reclip(_load(args), ds, seed=args.seed, out=args.out, overwrite=args.overwrite, **params)
     print(est.history_.to_string(index=False))
     _report_saved(est, args.out)
@@ -557,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate of ReCLIP-T (default: chosen by model size)")
     r.add_argument("--k", type=_whole(1), default=None,
                    help=f"neighbours of each node in label propagation (default: {_default(ReCLIP, 'k')})")
+    r.add_argument("--min-balance", type=_share, default=None,
+                   help="adapt only where the frozen model's predictions are at least this balanced over the "
+                        f"classes, 0 to 1 (default: {_default(ReCLIP, 'min_balance')}; 0 always adapts)")
     r.add_argument("--out", required=True, metavar="DIR", help="folder to write the adapted models to")
     r.add_argument("--overwrite", action="store_true", help="replace a folder an earlier run wrote")
 

@@ -49,12 +49,13 @@ def test_reclip_writes_history_and_weights_that_load_back(tmp_path, capsys):
     out = tmp_path / "reclip"
     assert cli.main(["reclip", "--data", "shapes", "--domain", "night", "--n", "48", "--epochs", "1",
                      "--k", "10", "--batch-size", "16", "--lr-visual", "0.02", "--lr-text", "0.03",
-                     "--out", str(out)]) == 0
+                     "--min-balance", "0", "--out", str(out)]) == 0
     assert (out / "history.csv").is_file()
     clip = modgap.load_model("modgap-tiny", device="cpu")
     est = ReCLIP.load(out, clip)
     assert est.predict(modgap.data.load("shapes", n=8, domain="night")).shape == (8,)
-    assert (est.k, est.batch_size, est.lr_visual, est.lr_text) == (10, 16, 0.02, 0.03)
+    assert (est.k, est.batch_size, est.lr_visual, est.lr_text, est.min_balance) == (10, 16, 0.02, 0.03, 0.0)
+    assert est.adapted_ and len(est.history_) == 2
     capsys.readouterr()
     assert cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)]) == 2
     assert "not empty; pass --overwrite" in capsys.readouterr().err

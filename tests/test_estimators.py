@@ -61,7 +61,8 @@ class ReCLIPCase:
         self.images = target.images[:4]
 
     def make(self, **kw):
-        args = dict(epochs=1, batch_size=32, progress=False)
+        # min_balance=0: the micro model is random, too unbalanced for ReCLIP to adapt by default
+        args = dict(epochs=1, batch_size=32, progress=False, min_balance=0.0)
         args.update(kw)
         return ReCLIP(self.clip, self.data.classnames, self.data.templates, **args)
 

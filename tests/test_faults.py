@@ -745,6 +745,7 @@ CASES = [
     ("n-zero", ["gap", "--data", "shapes", "--n", "0"], 2, ["--n"]),
     ("n-not-a-number", ["gap", "--data", "shapes", "--n", "ten"], 2, ["--n", "ten"]),
     ("seed-negative", ["gap", "--data", "shapes", "--seed", "-1"], 2, ["--seed"]),
+    ("min-balance-above-one", ["reclip", "--data", "shapes", "--min-balance", "1.5", *OUT], 2, ["--min-balance"]),
     ("split-unknown", ["gap", "--data", "shapes", "--split", "valid"], 2, ["--split", "valid"]),
     ("method-unknown", ["refine", "--pairs", "shapes-pairs", "--method", "magic", *OUT], 2, ["--method", "magic"]),
     ("epochs-negative", ["reclip", "--data", "shapes", "--epochs", "-1", *OUT], 2, ["--epochs"]),

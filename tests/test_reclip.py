@@ -519,7 +519,7 @@ def test_default_schedule_is_the_references_for_clip_sized_models():
 def test_fit_resolves_unset_schedule(clip, target):
     from modgap.adapt.reclip import default_schedule
 
-    est = ReCLIP(clip, target.classnames, target.templates, k=5, batch_size=16, progress=False)
+    est = ReCLIP(clip, target.classnames, target.templates, k=5, batch_size=16, progress=False, min_balance=0.0)
     expected = default_schedule(clip.embed_dim, 48)
     est.epochs = 1  # keep it short; the learning rates stay unset
     est.fit(target)
