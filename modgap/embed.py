@@ -46,6 +46,7 @@ __all__ = [
     "texts_cut",
     "tokenize_checked",
     "warn_cut",
+    "warn_cut_texts",
     "warn_skipped",
 ]
 
@@ -372,6 +373,19 @@ def tokenize_checked(clip, texts, where: str, stacklevel: int = 3) -> torch.Tens
     tokens = clip.tokenize(texts)
     warn_cut(texts, texts_cut(clip, texts, tokens), tokens.shape[1], where, stacklevel=stacklevel + 1)
     return tokens
+
+
+def warn_cut_texts(clip, texts, where: str, chunk: int = 4096) -> None:
+    """One warning, said of ``where``, for the ``texts`` longer than the
+    model's context, tokenized chunk by chunk and dropped (for texts that
+    are tokenized again later, such as training captions)."""
+    texts = list(texts)
+    cut, context = [], 0
+    for i in range(0, len(texts), chunk):
+        tokens = clip.tokenize(texts[i:i + chunk])
+        context = tokens.shape[1]
+        cut.extend(i + texts_cut(clip, texts[i:i + chunk], tokens))
+    warn_cut(texts, cut, context, where, stacklevel=4)
 
 
 def warn_cut(texts, cut, context: int, where: str, stacklevel: int = 3) -> None:

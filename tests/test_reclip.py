@@ -577,17 +577,16 @@ def test_fit_on_files_none_of_which_decode_says_so(clip, target, tmp_path):
 def test_label_free_figures_on_a_constructed_epoch():
     pred = torch.tensor([0, 0, 1, 2, 2, 2])
     figures = reclip_mod.label_free_figures(pred, torch.tensor([0, 1, 1, 2, 2, 0]), torch.tensor([0, 0, 0, 2, 2, 2]),
-                                            torch.tensor([0, 0, 1, 1, 2, 2]), None,
-                                            torch.eye(3)[pred] * 10)
+                                            torch.tensor([0, 0, 1, 1, 2, 2]), torch.eye(3)[pred] * 10)
     assert figures["stability"] == pytest.approx(4 / 6)
     assert figures["zero_shot_agreement"] == pytest.approx(5 / 6)
     assert figures["lp_zero_shot_agreement"] == pytest.approx(4 / 6)
     shares = np.array([2, 1, 3]) / 6
     assert figures["class_balance"] == pytest.approx(-(shares * np.log(shares)).sum() / np.log(3))
     assert figures["confidence"] == pytest.approx(np.exp(5) / (np.exp(5) + 2))
-    first = reclip_mod.label_free_figures(pred, None, pred, pred, None, torch.eye(3)[pred])
+    first = reclip_mod.label_free_figures(pred, None, pred, pred, torch.eye(3)[pred])
     assert np.isnan(first["stability"]) and first["zero_shot_agreement"] == 1.0
-    one_class = reclip_mod.label_free_figures(torch.zeros(6, dtype=torch.long), None, pred, pred, None, torch.ones(6, 3))
+    one_class = reclip_mod.label_free_figures(torch.zeros(6, dtype=torch.long), None, pred, pred, torch.ones(6, 3))
     assert one_class["class_balance"] == 0.0
 
 

@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..embed import image_inputs, pixels_at, texts_cut, warn_cut
+from ..embed import image_inputs, pixels_at, warn_cut_texts
 from ..validation import (
     check_callable,
     check_choice,
@@ -261,17 +261,6 @@ class RefineObjective(torch.nn.Module):
             terms["hycd"] = hycd_loss(s_img, s_txt, t_img, t_txt, alpha=self.alpha, temperature=self.temperature)
         terms["loss"] = sum(self.weights[k] * v for k, v in terms.items())
         return terms
-
-
-def warn_cut_captions(clip, captions, where: str, chunk: int = 4096) -> None:
-    """One warning for the training captions longer than the model's context
-    (each is cut to fit whenever it is drawn), checked chunk by chunk."""
-    cut, context = [], 0
-    for i in range(0, len(captions), chunk):
-        tokens = clip.tokenize(captions[i:i + chunk])
-        context = tokens.shape[1]
-        cut.extend(i + texts_cut(clip, captions[i:i + chunk], tokens))
-    warn_cut(captions, cut, context, where, stacklevel=3)
 
 
 class CLIPRefine(Estimator):
@@ -505,7 +494,7 @@ class CLIPRefine(Estimator):
         n = len(train)
         if n < 2:
             raise ValueError(f"pairs: need at least 2 training pairs, got {n}")
-        warn_cut_captions(clip, [c for caps in train.captions for c in caps], "CLIPRefine.fit: captions")
+        warn_cut_texts(clip, [c for caps in train.captions for c in caps], "CLIPRefine.fit: captions")
         bs = min(self.batch_size_, n)
         per_epoch = n // bs
         plan = step_plan(n, bs, epochs=self.epochs, steps=self.steps, hp=hp)

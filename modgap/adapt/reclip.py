@@ -95,7 +95,7 @@ def default_schedule(embed_dim: int, n_images: int) -> dict:
     return dict(_SMALL_SCHEDULE)
 
 
-def label_free_figures(pred, previous, zero_shot, v_labels, t_labels, logits) -> dict:
+def label_free_figures(pred, previous, zero_shot, v_labels, logits) -> dict:
     """What one epoch of ReCLIP says about itself without labels: ``stability``
     (share of predictions unchanged since the last epoch; NaN at epoch 0),
     ``zero_shot_agreement`` (share equal to the frozen model's zero-shot
@@ -513,7 +513,7 @@ class ReCLIP(Estimator):
             row = self._row(epoch, y, v_pl, t_pl, agree, logits_v, logits_t, fv, f0, text0, t_all,
                             centroid_distance, train_stats)
             pred = (logits_v + logits_t).argmax(1)
-            row.update(label_free_figures(pred, previous, zero_shot, v_pl, t_pl, logits_v + logits_t))
+            row.update(label_free_figures(pred, previous, zero_shot, v_pl, logits_v + logits_t))
             previous = pred
             if epoch == 0 and row["class_balance"] < self.min_balance:
                 # adaptation cannot help: keep the frozen model and its zero-shot classifier
