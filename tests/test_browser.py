@@ -42,10 +42,11 @@ def shots(tmp_path):
 
 
 def run_all_cells(page, sync_api, tries=6):
-    """Run > Run All Cells from JupyterLab's menu bar, again until a cell has
-    started: a click while the kernel is still connecting can be lost."""
-    started = ("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
-               ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
+    """Run > Run All Cells from JupyterLab's menu bar, again until every code
+    cell has run or is queued: a click while the kernel is still connecting
+    can be lost, or run the first cell only."""
+    started = ("() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
+               " return p.length > 0 && p.every(e => /\\[(\\*|\\d+)\\]/.test(e.textContent)); }")
     for _ in range(tries):
         page.keyboard.press("Escape")
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
