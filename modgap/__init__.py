@@ -21,6 +21,7 @@ __all__ = [
     "ModelLoadError",
     "__version__",
     "adapt",
+    "claims",
     "compare_closers",
     "data",
     "load_model",
@@ -34,7 +35,7 @@ __all__ = [
 
 def __getattr__(name):
     # matplotlib, umap and ipywidgets load only when their modules are used
-    if name in ("viz", "adapt", "widgets", "zoo"):
+    if name in ("viz", "adapt", "widgets", "zoo", "claims"):
         return importlib.import_module(f".{name}", __name__)
     if name == "compare_closers":
         return importlib.import_module(".adapt", __name__).compare_closers

@@ -26,8 +26,8 @@ __all__ = ["CommandLineError", "build_parser", "cli_words", "load_data_arg", "ma
 
 # the caption files load_data_arg reads (a .json is COCO captions)
 CAPTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-# the files ``gap --save-figures`` writes
-FIGURES = ("embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png")
+# what `modgap gap --save-figures DIR` writes
+FIGURES = ("embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png", "report.csv", "report.json")
 
 
 class CommandLineError(ValueError):
@@ -341,11 +341,11 @@ def _gap_inputs(clip, ds):
     prompt of each image's class for a labelled image set."""
     from modgap.data import ImageSet
 
-    img = clip.encode_images(ds)
+    img = clip.encode_images(ds, progress=True)
     if isinstance(ds, ImageSet):
         classes = clip.class_embeddings(ds.classnames, ds.templates)
         return img, classes[ds.labels], classes, ds.labels
-    txt = clip.encode_texts(ds.first_captions())
+    txt = clip.encode_texts(ds.first_captions(), progress=True)
     if ds.labels is not None and len(ds.classnames):
         return img, txt, clip.class_embeddings(ds.classnames, ds.templates), ds.labels
     return img, txt, None, None
@@ -354,7 +354,7 @@ def _gap_inputs(clip, ds):
 def _cmd_gap(args) -> int:
     from modgap import metrics
     from modgap.data import ImageSet
-    from modgap.io import atomic_write
+    from modgap.io import atomic_write, atomic_write_text
 
     _check_data_arg("--data", args.data, args, want=None)
     if args.save_figures is not None:
@@ -382,8 +382,10 @@ def _cmd_gap(args) -> int:
         from modgap import viz
 
         out = Path(args.save_figures).expanduser()
+        names = list(ds.classnames) if labels is not None and len(ds.classnames) else None
         figs = {
-            "embeddings": viz.plot_embeddings(img, txt, labels=labels, method=args.method).figure,
+            "embeddings": viz.plot_embeddings(img, txt, labels=labels, method=args.method,
+                                              class_names=names).figure,
             "similarity": viz.plot_similarity(img[:200], txt[:200]).figure,
             "spectrum": viz.plot_spectrum(img, txt).figure,
         }
@@ -395,6 +397,10 @@ def _cmd_gap(args) -> int:
             atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120,
                                                                 bbox_inches="tight"), overwrite=True)
             plt.close(fig)
+            print(f"saved {path}")
+        for path, text in ((out / "report.csv", report.rename("value").to_csv(index_label="figure")),
+                           (out / "report.json", report.to_json(indent=1))):
+            atomic_write_text(path, text)
             print(f"saved {path}")
     return 0
 
@@ -438,7 +444,9 @@ def _cmd_reclip(args) -> int:
                                f"{len(ds)} + {len(ds.classnames)}); lower --k or give more images "
                                "(--n of a named set)")
     params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_balance")
-    est = run_reclip(_load(args), ds, seed=args.seed, out=args.out, overwrite=args.overwrite, **params)
+    # a command-line job shows its progress whatever its size
+    est = run_reclip(_load(args), ds, seed=args.seed, out=args.out, overwrite=args.overwrite, progress=True,
+                     **params)
     print(est.history_.to_string(index=False))
     _report_saved(est, args.out)
     return 0
@@ -464,7 +472,7 @@ def _cmd_refine(args) -> int:
                                "(--n of a named set)")
     params = _passed(args, "epochs", "steps", "lr", "batch_size", "holdout")
     est = run_refine(_load(args), pairs, method=args.method, seed=args.seed, out=args.out,
-                     overwrite=args.overwrite, **params)
+                     overwrite=args.overwrite, progress=True, **params)
     print(est.history_.tail(5).to_string(index=False))
     _report_saved(est, args.out)
     return 0
@@ -545,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of a named set (default: test)")
     g.add_argument("--domain", default=None, help="domain of a named set (photo, sketch, night, noisy)")
     g.add_argument("--task", default=None, help="what the labels of a named set name (shape, color, digit)")
-    g.add_argument("--save-figures", default=None, metavar="DIR", help="write the figures into DIR")
+    g.add_argument("--save-figures", default=None, metavar="DIR", help="write the figures and the report (CSV, JSON) into DIR")
     g.add_argument("--method", default="pca", choices=["pca", "umap", "tsne"],
                    help="projection of the embedding figure (default: pca)")
     g.add_argument("--overwrite", action="store_true", help="replace the figures of an earlier run in DIR")

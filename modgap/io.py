@@ -66,6 +66,17 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, mode: int) -> None:
+    # mkstemp and mkdtemp create 0600 / 0700; a saved file gets what open() would give it
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write(path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then move it
     into place. An existing ``path`` is an error unless ``overwrite=True``;
@@ -78,6 +89,7 @@ def atomic_write(path, write: Callable[[Path], None], overwrite: bool = False) -
     os.close(fd)
     try:
         write(Path(tmp))
+        _as_created(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -148,6 +160,7 @@ def atomic_folder(path, overwrite: bool = False, marker: str | None = None) -> I
     _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
+        _as_created(tmp, 0o777)
         yield tmp
         write_manifest(tmp)
         if path.is_dir() and any(path.iterdir()):

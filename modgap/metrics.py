@@ -886,7 +886,9 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
     pandas.DataFrame
         One row per delta, in the given order, with columns ``delta``,
         ``accuracy``, ``centroid_distance`` (shifted images against shifted
-        class embeddings) and ``centroid_mse``.
+        class embeddings: the gap to the class prompts, not to captions)
+        and ``centroid_mse``; ``attrs["n_images"]`` holds the number of
+        images, so that a plot can say how many images a point of accuracy is.
 
     References
     ----------
@@ -923,7 +925,9 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
             "centroid_distance": float(np.linalg.norm(gap)),
             "centroid_mse": float(gap @ gap / gap.size),
         })
-    return pd.DataFrame(rows, columns=["delta", "accuracy", "centroid_distance", "centroid_mse"])
+    table = pd.DataFrame(rows, columns=["delta", "accuracy", "centroid_distance", "centroid_mse"])
+    table.attrs["n_images"] = int(len(img))
+    return table
 
 
 # -- all at once ---------------------------------------------------------------------

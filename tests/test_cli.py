@@ -16,9 +16,21 @@ def test_info_prints_versions_device_and_offline_models(capsys):
 def test_gap_prints_the_report_and_saves_figures(tmp_path, capsys):
     figs = tmp_path / "figs"
     assert cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "centroid_distance" in out and "linear_separability" in out
-    assert {p.name for p in figs.iterdir()} >= {"embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png"}
+    # 60 pairs are few, yet the command shows its progress
+    assert "100%" in err
+    assert {p.name for p in figs.iterdir()} >= {"embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png",
+                                                "report.csv", "report.json"}
+    # the saved report is the printed one
+    import json
+
+    import pandas as pd
+
+    table = pd.read_csv(figs / "report.csv", index_col="figure")["value"]
+    saved = json.loads((figs / "report.json").read_text())
+    assert float(table["centroid_distance"]) == pytest.approx(saved["centroid_distance"])
+    assert f"{saved['centroid_distance']:.6f}"[:5] in out
     assert cli.main(["gap", "--data", "shapes-pairs", "--n", "60", "--save-figures", str(figs)]) == 2
     err = capsys.readouterr().err
     assert "--save-figures" in err and "--overwrite" in err and "Traceback" not in err

@@ -179,6 +179,24 @@ def test_a_save_killed_at_any_moment_leaves_one_whole_run(two_runs, tmp_path, de
     assert leftovers == [], leftovers
 
 
+# -- saved files get the permissions the user's umask gives ----------------------------
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    from modgap.io import atomic_folder, atomic_write_text, save_state_dict
+
+    old = os.umask(umask)
+    try:
+        text = atomic_write_text(tmp_path / "report.json", "{}")
+        weights = save_state_dict(torch.nn.Linear(2, 2), tmp_path / "w.safetensors")
+        with atomic_folder(tmp_path / "run") as folder:
+            (folder / "history.csv").write_text("epoch\n0\n")
+    finally:
+        os.umask(old)
+    for path in (text, weights):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 # ============================================================================
 # 2. Training that diverges; numeric parameters
 # ============================================================================

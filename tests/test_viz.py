@@ -307,7 +307,13 @@ def test_plot_gap_shift_of_several_models_draws_one_curve_each(world, tmp_path):
         colors.add(acc.get_color())
     assert len(colors) == 2
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "before: zero-shot accuracy" in legend and "after: gap distance" in legend
+    assert "before: zero-shot accuracy" in legend and "after: gap to the class prompts" in legend
+    # the legend sits below the axes, outside the data
+    assert ax.get_legend().get_bbox_to_anchor().y1 < ax.get_window_extent().y0 + 1
+    # one point of accuracy is said in images, and a flat curve is not stretched into a cliff
+    assert f"1 point = {len(img) / 100:g} of {len(img)} images" in ax.get_ylabel()
+    low, high = ax.get_ylim()
+    assert high - low >= V.MIN_ACCURACY_SPAN
     with pytest.raises(ValueError, match=r"shift\['after'\] lacks the column"):
         V.plot_gap_shift({**shifts, "after": shifts["after"].drop(columns="accuracy")})
     with pytest.raises(ValueError, match="empty mapping"):

@@ -9,6 +9,7 @@
   in Python, and before/after animation in one shared frame.
 """
 from .figures import (
+    MIN_ACCURACY_SPAN,
     EXACT_KNN_MAX,
     REDUCERS,
     draw_map,
@@ -25,6 +26,7 @@ from .figures import (
 from .interactive import EmbeddingTrail, Explorer, explore, explore_shift
 
 __all__ = [
+    "MIN_ACCURACY_SPAN",
     "EXACT_KNN_MAX",
     "REDUCERS",
     "EmbeddingTrail",

@@ -40,6 +40,7 @@ from .. import metrics as _m
 from ..validation import check_embeddings, check_pair, unit_rows
 
 __all__ = [
+    "MIN_ACCURACY_SPAN",
     "draw_map",
     "fit_2d",
     "plot_embedding_shift",
@@ -513,13 +514,39 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
 
 
 # -- the shift experiment -------------------------------------------------------------------
+# accuracy axes span at least this much, so that a few images do not look like a cliff
+MIN_ACCURACY_SPAN = 0.10
+GAP_SHIFT_GAP = "gap to the class prompts"
+
+
+def _accuracy_axis(ax, tables) -> None:
+    lo = min(float(t["accuracy"].min()) for t in tables)
+    hi = max(float(t["accuracy"].max()) for t in tables)
+    if hi - lo < MIN_ACCURACY_SPAN:
+        mid = 0.5 * (lo + hi)
+        lo, hi = mid - MIN_ACCURACY_SPAN / 2, mid + MIN_ACCURACY_SPAN / 2
+        if lo < 0:
+            lo, hi = 0.0, MIN_ACCURACY_SPAN
+        if hi > 1:
+            lo, hi = 1.0 - MIN_ACCURACY_SPAN, 1.0
+    pad = 0.05 * (hi - lo)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    sizes = {t.attrs.get("n_images") for t in tables}
+    n = sizes.pop() if len(sizes) == 1 else None
+    ax.set_ylabel("zero-shot accuracy" + (f"\n(1 point = {n / 100:g} of {n} images)" if n else ""))
+
+
 def plot_gap_shift(shift, ax=None, title: str | None = None):
-    """Zero-shot accuracy (left axis) and gap distance (right axis) against
-    the shift ``delta`` of :func:`modgap.metrics.shift_along_gap`.
+    """Zero-shot accuracy (left axis) and the gap it shifts, between the
+    images and the class prompts (right axis), against the shift ``delta``
+    of :func:`modgap.metrics.shift_along_gap`.
 
     A dotted line marks ``delta = 0`` (the model as it is) and a dashed one
     the delta of the smallest gap. The right-hand axis is a twin of ``ax``
-    (``ax.figure.axes`` holds it).
+    (``ax.figure.axes`` holds it). The accuracy axis spans at least
+    :data:`MIN_ACCURACY_SPAN` and says how many images one point is, so a
+    change of a few images does not read as a cliff; the legend sits below
+    the axes, where it hides no data.
 
     ``shift`` may also map model names to such tables, e.g. ``{"before": s0,
     "after": s1}``, to compare models: each model gets one colour, its
@@ -552,40 +579,35 @@ def plot_gap_shift(shift, ax=None, title: str | None = None):
         if table.empty:
             raise ValueError(f"{where} has no rows")
         curves[name] = table.sort_values("delta")
+        curves[name].attrs = dict(table.attrs)
     ax = _new_ax(ax, figsize=(7, 4.5))
-    if not single:
-        ax2 = ax.twinx()
-        handles = []
-        for i, (name, df) in enumerate(curves.items()):
-            color = f"C{i % 10}"
-            acc, = ax.plot(df["delta"], df["accuracy"], "o-", color=color, ms=4,
-                           label=f"{name}: zero-shot accuracy", gid=f"accuracy-line-{name}")
-            dist, = ax2.plot(df["delta"], df["centroid_distance"], "s--", color=color, ms=3, alpha=0.7,
-                             label=f"{name}: gap distance", gid=f"distance-line-{name}")
-            handles += [acc, dist]
-        handles.append(ax.axvline(0.0, color="0.4", ls=":", label="delta = 0 (unshifted)"))
-        ax.set_xlabel("delta: shift along the gap direction (+ moves the modalities together)")
-        ax.set_ylabel("zero-shot accuracy (solid)")
-        ax2.set_ylabel("gap distance ||c_I - c_T|| (dashed)")
-        # the accuracy axis drawn over its twin, so that no dashed line crosses the legend
-        ax.set_zorder(ax2.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        ax.legend(handles=handles, loc="best", fontsize="small")
-        ax.set_title(title if title is not None else "Shifting embeddings along the gap")
-        return ax
-    df = curves["shift"]
-    l1, = ax.plot(df["delta"], df["accuracy"], "o-", color="C0", ms=4, label="zero-shot accuracy",
-                  gid="accuracy-line")
     ax2 = ax.twinx()
-    l2, = ax2.plot(df["delta"], df["centroid_distance"], "s--", color="C1", ms=3, label="gap distance",
-                   gid="distance-line")
-    v0 = ax.axvline(0.0, color="0.4", ls=":", label="delta = 0 (unshifted)")
-    best = float(df["delta"].iloc[int(np.argmin(df["centroid_distance"].to_numpy()))])
-    v1 = ax.axvline(best, color="C1", ls="-.", lw=1, label=f"smallest gap (delta = {best:.2f})")
+    handles = []
+    for i, (name, df) in enumerate(curves.items()):
+        color = "C0" if single else f"C{i % 10}"
+        who = "" if single else f"{name}: "
+        acc, = ax.plot(df["delta"], df["accuracy"], "o-", color=color, ms=4,
+                       label=f"{who}zero-shot accuracy", gid="accuracy-line" if single else f"accuracy-line-{name}")
+        dist, = ax2.plot(df["delta"], df["centroid_distance"], "s--", color="C1" if single else color, ms=3,
+                         alpha=1.0 if single else 0.7, label=f"{who}{GAP_SHIFT_GAP}",
+                         gid="distance-line" if single else f"distance-line-{name}")
+        handles += [acc, dist]
+    handles.append(ax.axvline(0.0, color="0.4", ls=":", label="delta = 0 (unshifted)"))
+    if single:
+        df = curves["shift"]
+        best = float(df["delta"].iloc[int(np.argmin(df["centroid_distance"].to_numpy()))])
+        handles.append(ax.axvline(best, color="C1", ls="-.", lw=1, label=f"smallest gap (delta = {best:.2f})"))
+    _accuracy_axis(ax, list(curves.values()))
     ax.set_xlabel("delta: shift along the gap direction (+ moves the modalities together)")
-    ax.set_ylabel("zero-shot accuracy", color="C0")
-    ax2.set_ylabel("gap distance ||c_I - c_T||", color="C1")
-    ax.legend(handles=[l1, l2, v0, v1], loc="best", fontsize="small")
+    ax2.set_ylabel(f"{GAP_SHIFT_GAP} ||c_I - c_T||" + ("" if single else " (dashed)"),
+                   color="C1" if single else "black")
+    if single:
+        ax.yaxis.label.set_color("C0")
+    # the accuracy axis drawn over its twin; the legend below the axes hides no data
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small",
+              frameon=False)
     ax.set_title(title if title is not None else "Shifting embeddings along the gap")
     return ax
 
