@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["ClaimFailed", "check", "falls", "holds_within", "rises", "rises_overall"]
+__all__ = ["ClaimFailed", "check", "exceeds", "falls", "holds_within", "rises", "rises_overall"]
 
 
 class ClaimFailed(AssertionError):
@@ -95,3 +95,17 @@ def rises_overall(statement: str, values: Sequence[float], digits: int = 3, scal
     shown = ", ".join(_fmt(scale * v, digits) for v in values)
     return check(statement, values[-1] > values[0] and second > first,
                  f"{shown} ({scale * (values[-1] - values[0]):+.{digits}f}{unit} from first to last)")
+
+
+def exceeds(statement: str, larger, smaller, by: float = 0.0, names: tuple[str, str] = ("", ""),
+            digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
+    """``larger`` exceeds ``smaller`` by more than ``by``: two figures side
+    by side rather than before and after (``names`` labels them)."""
+    larger, smaller = _finite(larger, "larger"), _finite(smaller, "smaller")
+    if len(names) != 2:
+        raise ValueError(f"names must be two labels, got {names!r}")
+    a, b = (f"{n} " if n else "" for n in names)
+    diff = larger - smaller
+    return check(statement, diff > by,
+                 f"{a}{_fmt(scale * larger, digits)} vs {b}{_fmt(scale * smaller, digits)} "
+                 f"({scale * diff:+.{digits}f}{unit}" + (f"; more than +{scale * by:g}{unit} claimed)" if by else ")"))

@@ -443,7 +443,7 @@ def _cmd_reclip(args) -> int:
         raise CommandLineError(f"{given} must be smaller than the number of graph nodes (images + classes = "
                                f"{len(ds)} + {len(ds.classnames)}); lower --k or give more images "
                                "(--n of a named set)")
-    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_balance")
+    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_confident_agreement")
     # a command-line job shows its progress whatever its size
     est = run_reclip(_load(args), ds, seed=args.seed, out=args.out, overwrite=args.overwrite, progress=True,
                      **params)
@@ -572,9 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate of ReCLIP-T (default: chosen by model size)")
     r.add_argument("--k", type=_whole(1), default=None,
                    help=f"neighbours of each node in label propagation (default: {_default(ReCLIP, 'k')})")
-    r.add_argument("--min-balance", type=_share, default=None,
-                   help="adapt only where the frozen model's predictions are at least this balanced over the "
-                        f"classes, 0 to 1 (default: {_default(ReCLIP, 'min_balance')}; 0 always adapts)")
+    r.add_argument("--min-confident-agreement", type=_share, default=None,
+                   help="adapt only where label propagation keeps at least this share of the zero-shot labels of "
+                        "the most confident images, 0 to 1 (default: "
+                        f"{_default(ReCLIP, 'min_confident_agreement')}; 0 always adapts)")
     r.add_argument("--out", required=True, metavar="DIR", help="folder to write the adapted models to")
     r.add_argument("--overwrite", action="store_true", help="replace a folder an earlier run wrote")
 

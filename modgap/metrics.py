@@ -70,6 +70,7 @@ __all__ = [
     "centroid_distance",
     "centroid_mse",
     "check_embeddings",
+    "class_silhouette",
     "dims_for_share",
     "effective_rank",
     "effective_rank_from_spectrum",
@@ -670,6 +671,39 @@ def linear_separability(image_emb, text_emb, test_size: float = 0.25, C: float =
 
 
 # -- spectrum -----------------------------------------------------------------------
+def class_silhouette(emb, labels, sample_size: int | None = 2000, random_state=0) -> float:
+    """How tightly embeddings of one class gather, apart from the other
+    classes: the mean silhouette (Rousseeuw, 1987) of the normalised rows
+    grouped by ``labels``, under cosine distance. 1 is tight, well separated
+    classes; 0 classes that overlap; below 0 rows closer to another class.
+
+    Parameters
+    ----------
+    emb : array [N, D]
+    labels : int array [N], at least two classes present
+    sample_size : int or None, default 2000
+        Score this many rows drawn without replacement (seeded by
+        ``random_state``) instead of all N; the cost is O(N^2 D).
+    random_state : int, numpy Generator or None
+    """
+    from sklearn.metrics import silhouette_score
+
+    x = unit_rows(check_embeddings(emb, "emb", min_rows=2), "emb")
+    lab = check_int_array(labels, "labels")
+    if lab.shape != (len(x),):
+        raise ValueError(f"labels has shape {lab.shape} but emb has {len(x)} rows; pass one label per row")
+    present = np.unique(lab)
+    if len(present) < 2:
+        raise ValueError(f"labels holds {len(present)} class; the silhouette needs rows of at least two classes")
+    rng = check_random_state(random_state)
+    if sample_size is not None and len(x) > int(sample_size):
+        keep = rng.choice(len(x), int(sample_size), replace=False)
+        x, lab = x[keep], lab[keep]
+        if len(np.unique(lab)) < 2:
+            raise ValueError("the sample holds one class only; raise sample_size")
+    return float(silhouette_score(x, lab, metric="cosine"))
+
+
 def spectrum(emb, normalize: bool = True) -> np.ndarray:
     """Eigenvalues of the covariance matrix of ``emb`` (``ddof=1``), largest
     first, length D (zeros past rank N - 1).

@@ -66,3 +66,13 @@ def test_a_run_without_a_finite_figure_fails_the_claim():
         claims.rises_overall("x", [1.0])
     with pytest.raises(TypeError, match="statement"):
         claims.check("", True, "")
+
+
+def test_exceeds_names_both_figures():
+    line = claims.exceeds("photo beats sketch", 0.98, 0.37, by=0.05, names=("photo", "sketch"), digits=1,
+                          scale=100, unit=" points")
+    assert "photo 98.0 vs sketch 37.0 (+61.0 points" in line
+    with pytest.raises(claims.ClaimFailed, match="photo 40.0 vs sketch 37.0"):
+        claims.exceeds("photo beats sketch", 0.40, 0.37, by=0.05, names=("photo", "sketch"), digits=1, scale=100)
+    with pytest.raises(ValueError, match="two labels"):
+        claims.exceeds("x", 1, 0, names=("a",))

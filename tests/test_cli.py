@@ -19,7 +19,7 @@ def test_gap_prints_the_report_and_saves_figures(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "centroid_distance" in out and "linear_separability" in out
     # 60 pairs are few, yet the command shows its progress
-    assert "100%" in err
+    assert "images:" in err and "texts:" in err
     assert {p.name for p in figs.iterdir()} >= {"embeddings.png", "similarity.png", "spectrum.png", "gap_shift.png",
                                                 "report.csv", "report.json"}
     # the saved report is the printed one
@@ -61,12 +61,12 @@ def test_reclip_writes_history_and_weights_that_load_back(tmp_path, capsys):
     out = tmp_path / "reclip"
     assert cli.main(["reclip", "--data", "shapes", "--domain", "night", "--n", "48", "--epochs", "1",
                      "--k", "10", "--batch-size", "16", "--lr-visual", "0.02", "--lr-text", "0.03",
-                     "--min-balance", "0", "--out", str(out)]) == 0
+                     "--min-confident-agreement", "0", "--out", str(out)]) == 0
     assert (out / "history.csv").is_file()
     clip = modgap.load_model("modgap-tiny", device="cpu")
     est = ReCLIP.load(out, clip)
     assert est.predict(modgap.data.load("shapes", n=8, domain="night")).shape == (8,)
-    assert (est.k, est.batch_size, est.lr_visual, est.lr_text, est.min_balance) == (10, 16, 0.02, 0.03, 0.0)
+    assert (est.k, est.batch_size, est.lr_visual, est.lr_text, est.min_confident_agreement) == (10, 16, 0.02, 0.03, 0.0)
     assert est.adapted_ and len(est.history_) == 2
     capsys.readouterr()
     assert cli.main(["reclip", "--data", "shapes", "--n", "48", "--epochs", "1", "--out", str(out)]) == 2

@@ -685,3 +685,24 @@ def test_dims_for_share_wants_the_anatomy_table_and_a_number():
         M.dims_for_share(np.array([0.5, 0.5]), 0.5)
     with pytest.raises(TypeError, match="fraction must be a number"):
         M.dims_for_share(M.gap_anatomy(GOOD, -GOOD), "half")
+
+
+def test_class_silhouette_tells_tight_classes_from_mixed_ones():
+    rng = np.random.default_rng(0)
+    centers = np.eye(8)[:3] * 5
+    labels = np.repeat(np.arange(3), 40)
+    tight = centers[labels] + 0.3 * rng.normal(size=(120, 8))
+    loose = centers[labels] + 3.0 * rng.normal(size=(120, 8))
+    mixed = tight[rng.permutation(120)]
+    s_tight, s_loose = M.class_silhouette(tight, labels), M.class_silhouette(loose, labels)
+    assert 0.8 < s_tight <= 1.0
+    assert s_loose < s_tight
+    assert abs(M.class_silhouette(mixed, labels)) < 0.1
+    # a sample gives the figure of the whole to within its noise, and the seed fixes it
+    assert M.class_silhouette(tight, labels, sample_size=60, random_state=1) == pytest.approx(s_tight, abs=0.1)
+    assert (M.class_silhouette(loose, labels, sample_size=60, random_state=2)
+            == M.class_silhouette(loose, labels, sample_size=60, random_state=2))
+    with pytest.raises(ValueError, match="at least two"):
+        M.class_silhouette(tight, np.zeros(120, dtype=int))
+    with pytest.raises(ValueError, match="one label per row"):
+        M.class_silhouette(tight, labels[:-1])

@@ -1,5 +1,6 @@
 """ReCLIP and its graph pieces: the projection, the kNN graph, conjugate
 gradient, label propagation, and the two-branch self-training."""
+import json
 import warnings
 
 import numpy as np
@@ -271,8 +272,10 @@ def make(clip, ds, **kw):
     kw.setdefault("lr_visual", 0.5)
     kw.setdefault("lr_text", 0.5)
     kw.setdefault("progress", False)
-    # the micro model is random: its zero-shot is too unbalanced for ReCLIP to adapt by default
-    kw.setdefault("min_balance", 0.0)
+    # the micro model is random: ReCLIP would not adapt it by default
+    kw.setdefault("min_confident_agreement", 0.0)
+    # and its class balance swings freely; the early stop has tests of its own
+    kw.setdefault("max_balance_drop", 1.0)
     return ReCLIP(clip, ds.classnames, ds.templates, **kw)
 
 
@@ -298,7 +301,9 @@ def test_fit_records_history_and_calls_back_every_epoch(fitted, target):
     h = est.history_
     assert list(h.epoch) == [0, 1, 2]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert rows[-1] == pytest.approx(h.iloc[-1].to_dict(), nan_ok=True)
+    # history_ adds which epoch was kept once the fit knows it
+    assert rows[-1] == pytest.approx(h.drop(columns="kept").iloc[-1].to_dict(), nan_ok=True)
+    assert list(h["kept"]) == [False, False, True]
     for col in ("agreement", "pl_acc_v", "pl_acc_t", "pl_acc_agreed", "acc_v", "acc_t", "acc", "gap_v", "gap_t"):
         assert h[col].between(0, 2).all(), col
     assert np.isnan(h.loss_v[0]) and np.isfinite(h.loss_v[1:]).all()
@@ -428,7 +433,7 @@ def test_load_rejects_another_architecture(fitted, tmp_path):
 
 def test_run_reclip_takes_names_templates_and_labels_from_an_image_set(clip, target, tmp_path):
     est = run_reclip(clip, target, out=tmp_path / "out", epochs=1, k=5, batch_size=16, progress=False,
-                     min_balance=0.0)
+                     min_confident_agreement=0.0)
     assert est.classnames == list(target.classnames)
     assert est.history_.acc.notna().all()
     assert (tmp_path / "out" / "estimator.json").is_file()
@@ -519,7 +524,7 @@ def test_default_schedule_is_the_references_for_clip_sized_models():
 def test_fit_resolves_unset_schedule(clip, target):
     from modgap.adapt.reclip import default_schedule
 
-    est = ReCLIP(clip, target.classnames, target.templates, k=5, batch_size=16, progress=False, min_balance=0.0)
+    est = ReCLIP(clip, target.classnames, target.templates, k=5, batch_size=16, progress=False, min_confident_agreement=0.0)
     expected = default_schedule(clip.embed_dim, 48)
     est.epochs = 1  # keep it short; the learning rates stay unset
     est.fit(target)
@@ -590,13 +595,34 @@ def test_label_free_figures_on_a_constructed_epoch():
     assert one_class["class_balance"] == 0.0
 
 
-def test_an_unbalanced_start_is_not_adapted_and_predicts_as_zero_shot(clip, target, tmp_path):
-    # the micro model is random: its zero-shot predictions fall on few classes
-    est = make(clip, target, min_balance=0.75)
-    with pytest.warns(UserWarning, match=r"too unevenly to adapt \(class balance 0\.\d\d < min_balance=0\.75\)"):
+def test_confident_agreement_reads_the_most_confident_zero_shot_images():
+    # margins 9, 8, ..., 0: the two most confident images are rows 0 and 1
+    logits = torch.zeros(10, 3)
+    logits[torch.arange(10), torch.arange(10) % 3] = torch.arange(9, -1, -1).float()
+    zero_shot = logits.argmax(1)
+    lp = zero_shot.clone()
+    lp[1] = (lp[1] + 1) % 3            # one of the two most confident overturned
+    lp[5:] = (lp[5:] + 1) % 3          # the least confident ones do not count
+    assert reclip_mod.confident_agreement(logits, lp, share=0.2) == 0.5
+    assert reclip_mod.confident_agreement(logits, zero_shot, share=0.2) == 1.0
+    assert reclip_mod.confident_agreement(logits, lp, share=1.0) == pytest.approx(4 / 10)
+    # at least one image, however few
+    assert reclip_mod.confident_agreement(logits, lp, share=0.01) == 1.0
+
+
+def test_a_start_where_label_propagation_overturns_zero_shot_is_not_adapted(clip, target, tmp_path, monkeypatch):
+    # 48 images: the most confident tenth agrees; every image counts here
+    monkeypatch.setattr(reclip_mod, "CONFIDENT_SHARE", 1.0)
+    free = make(clip, target).fit(target)
+    agreement = free.history_["confident_agreement"][0]
+    assert free.adapted_ is True and 0.0 <= agreement < 1.0
+    # just above what this start shows: ReCLIP keeps the frozen model
+    bar = min(1.0, agreement + 0.01)
+    est = make(clip, target, min_confident_agreement=bar)
+    with pytest.warns(UserWarning, match=rf"confident agreement {agreement:.2f} < min_confident_agreement={bar:g}"):
         est.fit(target)
     h = est.history_
-    assert est.adapted_ is False and len(h) == 1 and h["class_balance"][0] < 0.75 and h["trained"][0] == 0
+    assert est.adapted_ is False and len(h) == 1 and h["trained"][0] == 0 and est.kept_epoch_ == 0
     zero_shot = (est.initial_image_embeddings_ @ est.class_embeddings_.T).argmax(1)
     assert np.array_equal(est.predict(target), zero_shot)
     assert np.array_equal(est.labels_, zero_shot)
@@ -606,16 +632,41 @@ def test_an_unbalanced_start_is_not_adapted_and_predicts_as_zero_shot(clip, targ
             assert torch.equal(v.cpu(), clip.model.state_dict()[k].cpu()), k
     est.save(tmp_path / "kept")
     assert ReCLIP.load(tmp_path / "kept", clip).adapted_ is False
-    adapted = make(clip, target, min_balance=0.0).fit(target)
-    assert adapted.adapted_ is True and len(adapted.history_) == 3
+    # at the figure itself it adapts
+    assert make(clip, target, min_confident_agreement=agreement).fit(target).adapted_ is True
 
 
-def test_the_decision_never_looks_at_labels(clip, target):
+def test_a_collapsing_class_balance_stops_training_and_keeps_the_epoch_before(clip, target, tmp_path):
+    free = make(clip, target, epochs=3).fit(target)
+    balance = free.history_["class_balance"].to_numpy()
+    assert list(free.history_["kept"]) == [False, False, False, True] and free.kept_epoch_ == 3
+    # a drop just below the largest fall of this run: training stops at that epoch
+    falls = balance[0] - balance[1:]
+    assert falls.max() > 0, "the run's class balance never falls below its start; the test needs another draw"
+    worst = int(np.argmax(falls)) + 1
+    drop = float(np.nextafter(falls.max(), -1.0))
+    first = 1 + int(np.argmax(falls > drop))
+    assert first == worst
+    est = make(clip, target, epochs=3, max_balance_drop=drop).fit(target)
+    h = est.history_
+    assert est.kept_epoch_ == first - 1 and len(h) == first + 1 and list(h["kept"]) == [e == first - 1 for e in h.epoch]
+    np.testing.assert_allclose(h["class_balance"], balance[:first + 1])
+    # the result is the model of the kept epoch: a run told to train that many epochs
+    short = make(clip, target, epochs=first - 1).fit(target)
+    np.testing.assert_array_equal(est.predict(target), short.predict(target))
+    for mine, theirs in ((est.visual_model_, short.visual_model_), (est.text_model_, short.text_model_)):
+        for k, v in mine.state_dict().items():
+            assert torch.equal(v, theirs.state_dict()[k]), k
+    est.save(tmp_path / "stopped")
+    assert ReCLIP.load(tmp_path / "stopped", clip).kept_epoch_ == first - 1
+
+
+def test_the_decisions_never_look_at_labels(clip, target):
     figures = ["epoch", "agreement", "stability", "zero_shot_agreement", "lp_zero_shot_agreement", "confidence",
-               "class_balance"]
-    for balance in (0.0, 0.75):
-        with_labels = make(clip, target, min_balance=balance)
-        without = make(clip, target, min_balance=balance)
+               "class_balance", "confident_agreement", "kept"]
+    for bar, drop in ((0.0, 1.0), (0.0, 0.0), (1.0, 1.0)):
+        with_labels = make(clip, target, min_confident_agreement=bar, max_balance_drop=drop)
+        without = make(clip, target, min_confident_agreement=bar, max_balance_drop=drop)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             with_labels.fit(target, labels=target.labels)
@@ -625,7 +676,23 @@ def test_the_decision_never_looks_at_labels(clip, target):
         assert np.array_equal(with_labels.predict(target), without.predict(target))
 
 
+@pytest.mark.parametrize("name", ["min_confident_agreement", "max_balance_drop"])
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True])
-def test_min_balance_is_checked(clip, target, bad):
-    with pytest.raises((ValueError, TypeError), match="min_balance"):
-        make(clip, target, min_balance=bad).fit(target)
+def test_the_guards_are_checked(clip, target, name, bad):
+    with pytest.raises((ValueError, TypeError), match=name):
+        make(clip, target, **{name: bad}).fit(target)
+
+
+def test_a_run_saved_with_a_retired_setting_still_loads(clip, target, tmp_path):
+    est = make(clip, target).fit(target)
+    est.save(tmp_path / "run")
+    from modgap.io import write_manifest
+
+    meta_path = next(p for p in (tmp_path / "run").iterdir() if p.suffix == ".json" and "params" in p.read_text())
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["min_balance"] = 0.75
+    meta_path.write_text(json.dumps(meta))
+    write_manifest(tmp_path / "run")
+    loaded = ReCLIP.load(tmp_path / "run", clip)
+    assert not hasattr(loaded, "min_balance")
+    np.testing.assert_array_equal(loaded.predict(target), est.predict(target))

@@ -75,6 +75,7 @@ class Estimator(BaseEstimator):
 
     _saved_arrays: tuple[str, ...] = ()
     _saved_scalars: tuple[str, ...] = ()
+    _retired_params: tuple[str, ...] = ()
     # set by fit once the result is complete
     _fitted_attr = "history_"
     # constructor arguments that are live objects, not settings to save
@@ -245,7 +246,8 @@ class Estimator(BaseEstimator):
             model.eval().requires_grad_(False)
         # JSON has no tuples: the settings that were tuples come back as tuples
         tuples = set(meta.get("tuple_params", ()))
-        params = {k: tuple(v) if k in tuples else v for k, v in meta["params"].items()}
+        params = {k: tuple(v) if k in tuples else v for k, v in meta["params"].items()
+                  if k not in cls._retired_params}
         est = cls(clip=clip, **params)
         est._restore_models(models)
         if est._saved_arrays:
