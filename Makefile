@@ -9,7 +9,7 @@ LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
 
-.PHONY: setup lab test test-lib test-benchmarks test-notebooks clean
+.PHONY: setup lab test test-lib test-benchmarks test-notebooks screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		$(PY) -m pytest --nbmake --nbmake-timeout=600 notebooks $(PYTEST_ARGS); \
 	else echo "no notebooks yet"; fi
+
+# the browser test's screenshots, each notebook's key figure among them, into docs/screenshots/
+screenshots: $(STAMP)
+	MODGAP_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/test_browser.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

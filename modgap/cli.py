@@ -385,7 +385,7 @@ def _cmd_gap(args) -> int:
         names = list(ds.classnames) if labels is not None and len(ds.classnames) else None
         figs = {
             "embeddings": viz.plot_embeddings(img, txt, labels=labels, method=args.method,
-                                              class_names=names).figure,
+                                              class_names=names, text_name="caption").figure,
             "similarity": viz.plot_similarity(img[:200], txt[:200]).figure,
             "spectrum": viz.plot_spectrum(img, txt).figure,
         }

@@ -112,6 +112,7 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
     txt = cls[labels] if text_emb is None else metrics.check_embeddings(text_emb, "text_emb")
     txt = unit_rows(txt, "text_emb")
     drawn = "class prompts of the labels" if text_emb is None else "captions"
+    text_name = "class prompt" if text_emb is None else "caption"
     direction = metrics.gap_vector(img, txt)
     rng = np.random.default_rng(random_state)
     pick_i = np.sort(rng.choice(len(img), size=min(max_points, len(img)), replace=False))
@@ -129,7 +130,7 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
         dist = metrics.centroid_distance(si, st)
         ax_map, ax_curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
         viz.draw_map(reducer.transform(si[pick_i]), reducer.transform(st[pick_t]), method=method,
-                     gap=dist, ax=ax_map)
+                     gap=dist, ax=ax_map, text_name=text_name)
         ax_map.set_title(f"shift {delta:+.2f}: zero-shot {100 * row['accuracy']:.1f}%\n"
                          f"gap {dist:.3f} to the {drawn}, {row['centroid_distance']:.3f} to the class prompts",
                          fontsize="medium")
@@ -162,7 +163,7 @@ def gap_shift_explorer(image_emb, class_emb, labels, text_emb=None, *, delta: fl
 
 def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer: str = "none",
                     delta: float | None = None, method: str = "pca", max_points: int = 600,
-                    random_state: int = 0) -> Dashboard:
+                    random_state: int = 0, text_name: str = "caption") -> Dashboard:
     """Pick a post-hoc closer (:mod:`modgap.adapt.posthoc`) and watch the
     map and the gap figures change.
 
@@ -172,6 +173,7 @@ def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer:
     panel also gives zero-shot accuracy, with the class embeddings moved as
     texts. ``delta`` is the shift of ``"gap-shift"`` (default: the centroid
     distance, which makes the centroids meet before renormalisation).
+    ``text_name`` says what the texts are in the map's legend.
     """
     import ipywidgets as w
 
@@ -215,7 +217,7 @@ def closer_explorer(image_emb, text_emb, class_emb=None, labels=None, *, closer:
             state["zero_shot_accuracy"] = metrics.zero_shot_accuracy(m_img, m_cls, labels)
         ax_map, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
         viz.draw_map(reducer.transform(m_img[pick_i]), reducer.transform(m_txt[pick_t]), method=method,
-                     gap=state["centroid_distance"], ax=ax_map)
+                     gap=state["centroid_distance"], ax=ax_map, text_name=text_name)
         ax_map.set_xlim(*limits["x"])
         ax_map.set_ylim(*limits["y"])
         ax_map.set_title(f"{closer}" + (f" (delta {delta:.2f})" if closer == "gap-shift" else ""),

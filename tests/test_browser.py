@@ -1,10 +1,11 @@
-"""Notebooks 01 and 04 in a real browser: JupyterLab started by `make lab`,
+"""The notebooks in a real browser: JupyterLab started by `make lab`,
 driven by Playwright in Debian's headless Chromium, runs every cell and
 renders their widgets live (notebook 01's gap-shift slider, notebook 04's
-closer picker), and a move of each control redraws the figure.
+closer picker, the maps of 01 and 02), a move of each control redraws the
+figure, and each notebook's key figure is drawn.
 
 Screenshots go to the test's temporary folder, or to ``MODGAP_SCREENSHOTS``
-when that is set (CI keeps them there). Needs Chromium (``apt-get install
+when that is set: ``make screenshots`` writes them to ``docs/screenshots/``. Needs Chromium (``apt-get install
 chromium``, which `.ci/run` does) and the ``playwright`` Python package (in
 the ``dev`` extra); its own browser download is not used.
 """
@@ -158,6 +159,20 @@ def shown(page, control, sync_api, shots=None):
     return control
 
 
+def key_figure(page, code, path, sync_api):
+    """Screenshot the figure of the code cell whose source contains ``code``
+    once its image is drawn."""
+    cell = page.locator(".jp-CodeCell", has=page.locator(".cm-content", has_text=code)).first
+    image = cell.locator(".jp-OutputArea-output img").first
+    try:
+        image.wait_for(state="attached", timeout=RUN_PATIENCE_MS)
+    except sync_api.TimeoutError:
+        pytest.fail(f"the cell with {code!r} drew no figure; the notebook showed {page_state(page)}")
+    image.scroll_into_view_if_needed()
+    dismiss_news_prompt(page)
+    image.screenshot(path=str(path))
+
+
 def assert_pngs(shots, names):
     for name in names:
         png = (shots / name).read_bytes()
@@ -273,4 +288,18 @@ def test_notebook_02_map_plays_the_epochs(tmp_path, shots):
         wait_until(lambda: frame.inner_text().strip().startswith("epoch"), 60)
         page.wait_for_timeout(1500)  # let the points travel
         explorer.screenshot(path=str(shots / "02_explorer_playing.png"))
-    assert_pngs(shots, ("02_explorer_start.png", "02_explorer_playing.png"))
+        # the notebook's key figure: every image and class before and after ReCLIP
+        key_figure(page, "viz.plot_embedding_shift(", shots / "02_embedding_shift.png", sync_api)
+    assert_pngs(shots, ("02_explorer_start.png", "02_explorer_playing.png", "02_embedding_shift.png"))
+
+
+def test_notebook_03_draws_the_pairs_before_and_after_clip_refine(tmp_path, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with notebook_page(tmp_path, "03_clip_refine_rafa_hycd.ipynb") as page:
+        key_figure(page, "viz.plot_embedding_shift(before, after", shots / "03_embedding_shift.png", sync_api)
+        # the cell's own claim ran after the figure and held
+        cell = page.locator(".jp-CodeCell", has=page.locator(".cm-content", has_text="viz.plot_embedding_shift(before")).first
+        wait_until(lambda: "claim holds" in cell.locator(".jp-OutputArea").inner_text()
+                   or "ClaimFailed" in cell.locator(".jp-OutputArea").inner_text(), 120)
+        assert "ClaimFailed" not in cell.locator(".jp-OutputArea").inner_text()
+    assert_pngs(shots, ("03_embedding_shift.png",))

@@ -209,6 +209,23 @@ def test_draw_map_draws_given_positions_like_plot_embeddings(world, tmp_path):
     (ct,) = by_gid(ax, "text-points")
     assert len({tuple(c) for c in ct.get_facecolors()}) == 3  # texts take the images' labels
     assert ax.get_xlabel() == "PC 1"
+    # the legend sits under the axes, outside the data
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
+
+
+def test_maps_name_the_texts_they_draw(world):
+    img, txt, labels = world
+    ax = V.plot_embeddings(img, txt, labels, method="pca", text_name="caption")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    gap = M.centroid_distance(img, txt)
+    assert {"image", "caption", "caption centroid", f"gap, caption to image (distance {gap:.3f})"} <= set(legend)
+    assert f"gap to the captions {gap:.3f}" in ax.get_title()
+    fig = V.plot_embedding_shift((img, txt), (img, txt), labels, method="pca", text_name="class prompt")
+    assert all("gap to the class prompts" in ax.get_title() for ax in fig.axes[:2])
+    assert "class prompt centroid" in [t.get_text() for t in fig.legends[0].get_texts()]
+    with pytest.raises(ValueError, match="text_name must be a non-empty string"):
+        V.draw_map(np.zeros((4, 2)), np.zeros((4, 2)), text_name="")
 
 
 def test_draw_map_of_images_only_and_bad_positions(world):
@@ -244,6 +261,11 @@ def test_plot_embedding_shift_uses_one_shared_space(world, tmp_path):
         np.testing.assert_allclose([x + u, y + v], after[i])
     assert f"{M.centroid_distance(img, moved):.3f}" in right.get_title()
     assert not by_gid(left, "shift-arrows")
+    # one legend for both panels, under them, outside the data
+    (legend,) = fig.legends
+    assert left.get_legend() is None and right.get_legend() is None
+    fig.canvas.draw()
+    assert legend.get_window_extent().y1 < min(left.get_window_extent().y0, right.get_window_extent().y0)
 
 
 def test_plot_embedding_shift_of_single_arrays_draws_every_arrow(world, tmp_path):

@@ -243,10 +243,24 @@ def _point_size(n_total: int) -> float:
     return 14.0 if n_total <= 2000 else 5.0
 
 
+def _check_text_name(text_name) -> str:
+    if not isinstance(text_name, str) or not text_name.strip():
+        raise ValueError(f"text_name must be a non-empty string such as 'caption' or 'class prompt', "
+                         f"got {text_name!r}")
+    return text_name.strip()
+
+
+def _legend_below(ax, handles):
+    """The map's legend under the axes, where it hides no point."""
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small",
+              frameon=False)
+
+
 def _draw_map(ax, pts, labs, class_names, palette, *, gap=None, size=None, alpha=0.7,
-              legend=True, arrow=True):
+              legend=True, arrow=True, text_name="text"):
     """Scatter each modality of ``pts`` ({"image": [n, 2], "text": [m, 2] or None})
-    with its marker, colour by class, draw centroids and the gap arrow."""
+    with its marker, colour by class, draw centroids and the gap arrow;
+    return the legend's handles."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch
 
@@ -265,29 +279,30 @@ def _draw_map(ax, pts, labs, class_names, palette, *, gap=None, size=None, alpha
             color = _UNLABELLED
         else:
             color = [palette[v] for v in lab.tolist()]
+        name = "image" if mod == "image" else text_name
         ax.scatter(p[:, 0], p[:, 1], s=size, c=color if isinstance(color, list) else [color],
-                   marker=_MARKER[mod], alpha=alpha, linewidths=0, label=mod, gid=f"{mod}-points")
+                   marker=_MARKER[mod], alpha=alpha, linewidths=0, label=name, gid=f"{mod}-points")
         handles.append(Line2D([], [], ls="", marker=_MARKER[mod], markersize=7,
-                              color=_PLAIN_COLOR[mod] if palette is None else "0.35", label=mod))
+                              color=_PLAIN_COLOR[mod] if palette is None else "0.35", label=name))
         c = p.mean(axis=0)
         centroids[mod] = c
         ax.scatter([c[0]], [c[1]], s=220, marker="X" if mod == "image" else "P", c="black",
                    edgecolors="white", linewidths=1.5, zorder=6, gid=f"{mod}-centroid")
         handles.append(Line2D([], [], ls="", marker="X" if mod == "image" else "P", markersize=10,
-                              color="black", markeredgecolor="white", label=f"{mod} centroid"))
+                              color="black", markeredgecolor="white", label=f"{name} centroid"))
     if arrow and "image" in centroids and "text" in centroids:
         ax.add_patch(FancyArrowPatch(tuple(centroids["text"]), tuple(centroids["image"]),
                                      arrowstyle="-|>", mutation_scale=22, lw=2.2, color="black",
                                      zorder=7, gid="gap-arrow"))
-        gap_label = "gap, text to image" + (f" (distance {gap:.3f})" if gap is not None else "")
+        gap_label = f"gap, {text_name} to image" + (f" (distance {gap:.3f})" if gap is not None else "")
         handles.append(Line2D([], [], color="black", lw=2.2, label=gap_label))
     if palette is not None and len(palette) <= _MAX_LEGEND_CLASSES:
         for v, col in palette.items():
             handles.append(Line2D([], [], ls="", marker="s", markersize=7, color=col,
                                   label=_class_name(v, class_names)))
     if legend:
-        ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
-    return centroids
+        _legend_below(ax, handles)
+    return handles
 
 
 def _axis_labels(ax, method: str):
@@ -306,7 +321,7 @@ def _palette_for(labs: dict):
 # -- one map --------------------------------------------------------------------------
 def draw_map(image_xy, text_xy=None, labels=None, *, text_labels=None, class_names=None,
              method: str | None = None, gap: float | None = None, ax=None, point_size: float | None = None,
-             alpha: float = 0.7, legend: bool = True):
+             alpha: float = 0.7, legend: bool = True, text_name: str = "text"):
     """Draw 2-D positions of both modalities as :func:`plot_embeddings` does
     (images as circles, texts as triangles, classes coloured, centroids
     marked, an arrow from the text centroid to the image centroid) for
@@ -328,6 +343,9 @@ def draw_map(image_xy, text_xy=None, labels=None, *, text_labels=None, class_nam
     ax : matplotlib Axes or None
     point_size, alpha : as in :func:`plot_embeddings`
     legend : bool
+        The legend goes under the axes, where it hides no point.
+    text_name : str
+        What the texts are, for the legend: ``"caption"``, ``"class prompt"``.
 
     Returns
     -------
@@ -353,7 +371,7 @@ def draw_map(image_xy, text_xy=None, labels=None, *, text_labels=None, class_nam
     ax = _new_ax(ax)
     labs = {"image": lab_i, "text": lab_t}
     _draw_map(ax, pts, labs, class_names, _palette_for(labs), gap=gap, size=point_size, alpha=alpha,
-              legend=legend)
+              legend=legend, text_name=_check_text_name(text_name))
     if method is not None:
         _axis_labels(ax, method)
     return ax
@@ -361,7 +379,8 @@ def draw_map(image_xy, text_xy=None, labels=None, *, text_labels=None, class_nam
 
 def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, text_labels=None,
                     class_names=None, ax=None, random_state: int = 0, reducer_kwargs=None,
-                    title: str | None = None, point_size: float | None = None, alpha: float = 0.7):
+                    title: str | None = None, point_size: float | None = None, alpha: float = 0.7,
+                    text_name: str = "text"):
     """One 2-D map of both modalities: images as circles, texts as
     triangles, classes coloured, each modality's centroid marked, and an
     arrow from the text centroid to the image centroid (the gap).
@@ -386,6 +405,12 @@ def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, t
     ax : matplotlib Axes or None
     random_state : int
     reducer_kwargs : dict or None, passed to :func:`fit_2d`.
+    title : str or None
+        None: the method and the gap, e.g. "gap to the captions 0.796".
+    text_name : str
+        What the texts are, for the legend and the title: ``"caption"`` or
+        ``"class prompt"``, so that the gap to the captions and the gap to
+        the class prompts are never confused. The legend goes under the axes.
 
     Returns
     -------
@@ -400,16 +425,17 @@ def plot_embeddings(image_emb, text_emb, labels=None, method: str = "umap", *, t
     lab_t = _label_array(text_labels, len(txt), "text_labels")
     if lab_t is None and lab_i is not None and len(txt) == len(img):
         lab_t = lab_i
+    text_name = _check_text_name(text_name)
     y = fit_2d(np.vstack([img, txt]), method, random_state, **(reducer_kwargs or {}))
     gap = _m.centroid_distance(img, txt)
     ax = _new_ax(ax)
     labs = {"image": lab_i, "text": lab_t}
     _draw_map(ax, {"image": y[: len(img)], "text": y[len(img):]}, labs, class_names, _palette_for(labs),
-              gap=gap, size=point_size, alpha=alpha)
+              gap=gap, size=point_size, alpha=alpha, text_name=text_name)
     _axis_labels(ax, method)
     ax.set_title(title if title is not None
-                 else f"Image and text embeddings ({_METHOD_NAME[method.lower().replace('-', '')]}), "
-                      f"gap distance {gap:.3f}")
+                 else f"Image and {text_name} embeddings ({_METHOD_NAME[method.lower().replace('-', '')]}), "
+                      f"gap to the {text_name}s {gap:.3f}")
     return ax
 
 
@@ -427,7 +453,7 @@ def _as_state(x, name: str):
 def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, text_labels=None,
                          class_names=None, n_arrows: int | None = 200, random_state: int = 0,
                          titles=("before", "after"), axes=None, reducer_kwargs=None,
-                         point_size: float | None = None, alpha: float = 0.6):
+                         point_size: float | None = None, alpha: float = 0.6, text_name: str = "text"):
     """Two states of a model (e.g. before and after ReCLIP or CLIP-Refine)
     side by side in ONE shared 2-D space, with arrows showing where points
     moved.
@@ -451,6 +477,9 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
     titles : two str
     axes : two matplotlib Axes or None (a new 1 x 2 figure)
     reducer_kwargs : dict or None, passed to :func:`fit_2d`.
+    text_name : str
+        What the texts are, for the legend and the titles: ``"caption"`` or
+        ``"class prompt"``. One legend for both panels goes under them.
 
     Returns
     -------
@@ -468,6 +497,7 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
         raise ValueError(f"n_arrows must be a non-negative integer or None, got {n_arrows!r}")
     if len(titles) != 2:
         raise ValueError(f"titles must hold two strings, got {titles!r}")
+    text_name = _check_text_name(text_name)
     n_i = len(b_img)
     n_t = 0 if b_txt is None else len(b_txt)
     lab_i = _label_array(labels, n_i, "labels")
@@ -479,8 +509,10 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
     half = n_i + n_t
     y_before, y_after = y[:half], y[half:]
 
-    if axes is None:
-        fig, axes = _pyplot().subplots(1, 2, figsize=(13, 6), sharex=True, sharey=True)
+    own_figure = axes is None
+    if own_figure:
+        fig, axes = _pyplot().subplots(1, 2, figsize=(13, 6.6), sharex=True, sharey=True)
+        fig.subplots_adjust(bottom=0.2)
     else:
         if len(axes) != 2:
             raise ValueError("axes must hold two matplotlib Axes")
@@ -490,10 +522,18 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
     for ax, yy, (im, tx), ttl in zip(axes, (y_before, y_after), ((b_img, b_txt), (a_img, a_txt)), titles):
         pts = {"image": yy[:n_i], "text": yy[n_i:] if n_t else None}
         gap = None if tx is None else _m.centroid_distance(im, tx)
-        _draw_map(ax, pts, labs, class_names, palette, gap=gap, size=point_size, alpha=alpha,
-                  legend=ax is axes[0])
+        # the titles carry each panel's gap, so the shared legend names the arrow only
+        handles = _draw_map(ax, pts, labs, class_names, palette, size=point_size, alpha=alpha,
+                            legend=False, text_name=text_name)
         _axis_labels(ax, method)
-        ax.set_title(ttl if gap is None else f"{ttl}: gap distance {gap:.3f}")
+        ax.set_title(ttl if gap is None else f"{ttl}: gap to the {text_name}s {gap:.3f}")
+    # one legend for both panels, under them, where it hides no point
+    if own_figure:
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=6, fontsize="small",
+                   frameon=False)
+    else:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize="small",
+                   frameon=False)
 
     total = len(y_before)
     k = total if n_arrows is None else min(int(n_arrows), total)
