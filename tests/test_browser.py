@@ -173,6 +173,20 @@ def key_figure(page, code, path, sync_api):
     image.screenshot(path=str(path))
 
 
+def assert_claims_hold(page, seconds=RUN_PATIENCE_MS / 1000):
+    """Wait for every code cell to finish, then check the notebook's own
+    claim checks (modgap.claims) all held in JupyterLab."""
+    done = ("() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
+            " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }")
+    try:
+        page.wait_for_function(done, timeout=seconds * 1000)
+    except pytest.importorskip("playwright.sync_api").TimeoutError:
+        pytest.fail(f"the notebook did not finish; it showed {page_state(page)}")
+    said = page.locator(".jp-Notebook").inner_text()
+    assert "ClaimFailed" not in said and "claim does not hold" not in said, page_state(page)
+    assert "claim holds" in said
+
+
 def assert_pngs(shots, names):
     for name in names:
         png = (shots / name).read_bytes()
@@ -198,6 +212,7 @@ def test_notebook_01_renders_a_live_gap_shift_slider(tmp_path, shots):
         assert after != before and float(after) > 0
         view.screenshot(path=str(shots / "01_gap_shift_slider_moved.png"))
         page.screenshot(path=str(shots / "01_notebook.png"))
+        assert_claims_hold(page)
     assert_pngs(shots, ("01_gap_shift_slider.png", "01_gap_shift_slider_moved.png", "01_notebook.png"))
 
 
@@ -215,6 +230,7 @@ def test_notebook_04_renders_a_live_closer_picker(tmp_path, shots):
         wait_until(lambda: view.locator("img").first.get_attribute("src") != first_src, 120)
         assert chosen.inner_text().strip() == "standardization"
         view.screenshot(path=str(shots / "04_closer_picker_moved.png"))
+        assert_claims_hold(page)
     assert_pngs(shots, ("04_closer_picker.png", "04_closer_picker_moved.png"))
 
 
@@ -290,6 +306,7 @@ def test_notebook_02_map_plays_the_epochs(tmp_path, shots):
         explorer.screenshot(path=str(shots / "02_explorer_playing.png"))
         # the notebook's key figure: every image and class before and after ReCLIP
         key_figure(page, "viz.plot_embedding_shift(", shots / "02_embedding_shift.png", sync_api)
+        assert_claims_hold(page)
     assert_pngs(shots, ("02_explorer_start.png", "02_explorer_playing.png", "02_embedding_shift.png"))
 
 
@@ -297,9 +314,5 @@ def test_notebook_03_draws_the_pairs_before_and_after_clip_refine(tmp_path, shot
     sync_api = pytest.importorskip("playwright.sync_api")
     with notebook_page(tmp_path, "03_clip_refine_rafa_hycd.ipynb") as page:
         key_figure(page, "viz.plot_embedding_shift(before, after", shots / "03_embedding_shift.png", sync_api)
-        # the cell's own claim ran after the figure and held
-        cell = page.locator(".jp-CodeCell", has=page.locator(".cm-content", has_text="viz.plot_embedding_shift(before")).first
-        wait_until(lambda: "claim holds" in cell.locator(".jp-OutputArea").inner_text()
-                   or "ClaimFailed" in cell.locator(".jp-OutputArea").inner_text(), 120)
-        assert "ClaimFailed" not in cell.locator(".jp-OutputArea").inner_text()
+        assert_claims_hold(page)
     assert_pngs(shots, ("03_embedding_shift.png",))
