@@ -91,3 +91,14 @@ def test_refine_writes_weights_that_load_model_reads(tmp_path, capsys):
     base = modgap.load_model("modgap-tiny", device="cpu")
     moved = any(not (a == b).all() for a, b in zip(refined.model.parameters(), base.model.parameters()))
     assert moved
+
+
+def test_python_dash_m_modgap_runs_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "modgap", "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "modgap-tiny" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "modgap", "no-such-command"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "no-such-command" in bad.stderr
