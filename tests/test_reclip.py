@@ -619,7 +619,7 @@ def test_a_start_where_label_propagation_overturns_zero_shot_is_not_adapted(clip
     # just above what this start shows: ReCLIP keeps the frozen model
     bar = min(1.0, agreement + 0.01)
     est = make(clip, target, min_confident_agreement=bar)
-    with pytest.warns(UserWarning, match=rf"confident agreement {agreement:.2f} < min_confident_agreement={bar:g}"):
+    with pytest.warns(UserWarning, match=rf"confident agreement {agreement:.3f} < min_confident_agreement={bar:g}"):
         est.fit(target)
     h = est.history_
     assert est.adapted_ is False and len(h) == 1 and h["trained"][0] == 0 and est.kept_epoch_ == 0

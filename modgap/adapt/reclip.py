@@ -72,8 +72,9 @@ _NORM_TYPES = (torch.nn.LayerNorm, torch.nn.modules.batchnorm._BatchNorm)
 SMALL_MODEL_DIM = 256
 # ReCLIP adapts only where label propagation keeps at least this share of the
 # zero-shot labels of the CONFIDENT_SHARE most confident images; the bar was chosen
-# on the validation suite of benchmarks/heldout_suite.py (see ReCLIP's docstring)
-MIN_CONFIDENT_AGREEMENT = 0.90
+# on the validation suite of benchmarks/heldout_suite.py and the model card's eleven
+# sets, never on the held-out suite (see ReCLIP's docstring)
+MIN_CONFIDENT_AGREEMENT = 0.87
 CONFIDENT_SHARE = 0.10
 # training stops, keeping the epoch before, once the class balance of the
 # predictions falls this far below its value before training (a collapse)
@@ -255,9 +256,12 @@ class ReCLIP(Estimator):
         500, 1,000 and 3,000 world shapes and MNIST digits, data seed 5):
         adapted regardless, ReCLIP lost 2.3-3.8 points on three of the 24
         runs (all near chance), whose confident agreement was 0.58-0.84,
-        and gained on the 21 others, at 0.94-1.00; 0.90 lies between. With
-        it the suite's worst change is 0.0 points and the mean gain where
-        label propagation beats zero-shot +6.0. The class balance of the
+        and gained on the 21 others, at 0.94-1.00. On the model card's
+        eleven sets (``benchmarks/reclip_domains.py``) the lowest is
+        shapes/shape/sketch, 0.897, where ReCLIP gains 9 points; 0.87 lies
+        midway between 0.84 and 0.897. With it the validation suite's worst
+        change is 0.0 points and the mean gain where label propagation
+        beats zero-shot +6.0. The class balance of the
         predictions, the guard tried first, would have stopped three runs
         that gained 6-11 points. The reference has no such guard.
     max_balance_drop : float in [0, 1]
@@ -611,7 +615,7 @@ class ReCLIP(Estimator):
             warnings.warn(
                 f"ReCLIP: label propagation overturns the zero-shot labels of "
                 f"{100 * (1 - rows[0]['confident_agreement']):.0f}% of the most confident images (confident "
-                f"agreement {rows[0]['confident_agreement']:.2f} < min_confident_agreement="
+                f"agreement {rows[0]['confident_agreement']:.3f} < min_confident_agreement="
                 f"{self.min_confident_agreement:g}); self-training on its pseudo labels would likely lose "
                 "accuracy. Nothing was trained: the model predicts as zero-shot does (adapted_ is False). "
                 "min_confident_agreement=0 adapts regardless.",
