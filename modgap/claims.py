@@ -12,7 +12,7 @@ shows. Each helper returns the line it printed.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["ClaimFailed", "check", "exceeds", "falls", "holds_within", "rises", "rises_overall"]
 

@@ -960,7 +960,7 @@ def shift_along_gap(image_emb, class_emb, labels, deltas=None, direction=None) -
             "centroid_mse": float(gap @ gap / gap.size),
         })
     table = pd.DataFrame(rows, columns=["delta", "accuracy", "centroid_distance", "centroid_mse"])
-    table.attrs["n_images"] = int(len(img))
+    table.attrs["n_images"] = len(img)
     return table
 
 

@@ -115,20 +115,27 @@ def check_strings(value, name: str, *, min_len: int = 1, unique: bool = False) -
 
 
 _TEMPLATE_RULE = ("a template holds exactly one '{}' where the class name goes "
-                  "(e.g. 'a photo of a {}.'); write a literal brace as '{{' or '}}'")
+                  "(OpenAI's 'a photo of a {}.', or CLIP_benchmark's 'a photo of a {c}.'); "
+                  "write a literal brace as '{{' or '}}'")
+# the class-name fields of the two conventions in use: OpenAI's CLIP and CLIP_benchmark
+_CLASS_FIELDS = ("{}", "{c}")
 
 
 def check_templates(templates, name: str = "templates", *, allow_empty: bool = False) -> list[str]:
-    """Prompt templates as a list of strings, each with exactly one ``{}``
-    (a single string is taken as one template; an empty list passes only
-    where ``allow_empty``). A template with no slot, two slots, a named or
-    numbered field (``{name}``, ``{0}``) or an unbalanced brace is refused,
-    naming it."""
+    """Prompt templates as a list of strings, each with exactly one slot for
+    the class name: ``{}`` (OpenAI's convention) or ``{c}`` (CLIP_benchmark's
+    JSON files). They are returned in the first convention, so that
+    ``template.format(classname)`` fills them ("a photo of a {c}." becomes
+    "a photo of a {}."; literal braces stay escaped). A single string is
+    taken as one template; an empty list passes only where ``allow_empty``.
+    A template with no slot, two slots, another named or numbered field
+    (``{name}``, ``{0}``) or an unbalanced brace is refused, naming it."""
     if isinstance(templates, str):
         templates = [templates]
     items = check_strings(templates, name, min_len=0)
     if not items and not allow_empty:
         raise ValueError(f"{name} is empty; give at least one template such as 'a photo of a {{}}.'")
+    checked = []
     for t in items:
         try:
             parts = list(string.Formatter().parse(t))
@@ -138,7 +145,7 @@ def check_templates(templates, name: str = "templates", *, allow_empty: bool = F
                   for _, field, spec, conv in parts if field is not None]
         if not fields:
             raise ValueError(f"{name}: {t!r} has no '{{}}'; {_TEMPLATE_RULE}")
-        odd = [f for f in fields if f != "{}"]
+        odd = [f for f in fields if f not in _CLASS_FIELDS]
         if odd:
             head = odd[0][1:2]
             kind = "a numbered field" if head.isdigit() else "a named field" if head.isidentifier() else "the field"
@@ -146,7 +153,9 @@ def check_templates(templates, name: str = "templates", *, allow_empty: bool = F
         if len(fields) > 1:
             raise ValueError(f"{name}: {t!r} has {len(fields)} '{{}}' slots but takes one class name; "
                              f"{_TEMPLATE_RULE}")
-    return items
+        checked.append("".join(literal.replace("{", "{{").replace("}", "}}") + ("{}" if field is not None else "")
+                               for literal, field, _, _ in parts))
+    return checked
 
 
 def check_random_state(random_state) -> np.random.Generator:

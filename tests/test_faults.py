@@ -1033,9 +1033,21 @@ def test_check_templates_names_the_template_and_the_rule(template, match):
 @pytest.mark.parametrize("given,expected", [
     ("a {}.", ["a {}."]),
     (("a {}.", "the {{literal}} {}"), ["a {}.", "the {{literal}} {}"]),
+    # CLIP_benchmark's convention, returned in OpenAI's
+    ("a photo of a {c}.", ["a photo of a {}."]),
+    (("a {c} in {{braces}}.", "a {}."), ["a {} in {{braces}}.", "a {}."]),
 ])
 def test_check_templates_accepts(given, expected):
     assert check_templates(given) == expected
+    assert [t.format("cat") for t in check_templates(given)] == [t.format("cat") for t in expected]
+
+
+def test_both_template_conventions_give_the_same_classifier(clip):
+    openai = clip.class_embeddings(["circle", "star"], ["a photo of a {}.", "a drawing of a {}."])
+    benchmark = clip.class_embeddings(["circle", "star"], ["a photo of a {c}.", "a drawing of a {c}."])
+    assert torch.equal(openai, benchmark)
+    with pytest.raises(ValueError, match=r"has 2 '\{\}' slots"):
+        clip.class_embeddings(["circle"], ["a {c} and a {}."])
 
 
 @pytest.mark.parametrize("given,error,match", [

@@ -53,9 +53,9 @@ __all__ = [
     "CONFIDENT_SHARE",
     "MAX_BALANCE_DROP",
     "MIN_CONFIDENT_AGREEMENT",
-    "confident_agreement",
     "SMALL_MODEL_DIM",
     "ReCLIP",
+    "confident_agreement",
     "default_schedule",
     "label_free_figures",
     "reference_epochs",
@@ -115,7 +115,7 @@ def confident_agreement(zero_shot_logits, lp_labels, share: float = CONFIDENT_SH
     is surest, and self-training on its labels then amplifies noise."""
     top2 = zero_shot_logits.float().topk(2, dim=1).values
     margin = top2[:, 0] - top2[:, 1]
-    n = max(1, int(round(share * len(margin))))
+    n = max(1, round(share * len(margin)))
     picked = margin.topk(n).indices
     return float((lp_labels[picked] == zero_shot_logits[picked].argmax(1)).float().mean())
 
@@ -203,7 +203,7 @@ class ReCLIP(Estimator):
     classnames : list of str
         The target task's classes.
     templates : list of str
-        Prompt templates with ``{}`` for the class name. All of them build the
+        Prompt templates with ``{}`` (or CLIP_benchmark's ``{c}``) for the class name. All of them build the
         zero-shot classifier, the seeds and the projection; ReCLIP-T trains
         and predicts with the first one, as the reference does.
     epochs : int, optional

@@ -9,8 +9,8 @@
   in Python, and before/after animation in one shared frame.
 """
 from .figures import (
-    MIN_ACCURACY_SPAN,
     EXACT_KNN_MAX,
+    MIN_ACCURACY_SPAN,
     REDUCERS,
     draw_map,
     fit_2d,
@@ -26,8 +26,8 @@ from .figures import (
 from .interactive import EmbeddingTrail, Explorer, explore, explore_shift
 
 __all__ = [
-    "MIN_ACCURACY_SPAN",
     "EXACT_KNN_MAX",
+    "MIN_ACCURACY_SPAN",
     "REDUCERS",
     "EmbeddingTrail",
     "Explorer",
