@@ -670,7 +670,6 @@ def linear_separability(image_emb, text_emb, test_size: float = 0.25, C: float =
     return float((clf.predict(X_te) == y_te).mean())
 
 
-# -- spectrum -----------------------------------------------------------------------
 def class_silhouette(emb, labels, sample_size: int | None = 2000, random_state=0) -> float:
     """How tightly embeddings of one class gather, apart from the other
     classes: the mean silhouette (Rousseeuw, 1987) of the normalised rows
@@ -704,6 +703,7 @@ def class_silhouette(emb, labels, sample_size: int | None = 2000, random_state=0
     return float(silhouette_score(x, lab, metric="cosine"))
 
 
+# -- spectrum -----------------------------------------------------------------------
 def spectrum(emb, normalize: bool = True) -> np.ndarray:
     """Eigenvalues of the covariance matrix of ``emb`` (``ddof=1``), largest
     first, length D (zeros past rank N - 1).

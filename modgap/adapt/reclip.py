@@ -620,7 +620,7 @@ class ReCLIP(Estimator):
                 "accuracy. Nothing was trained: the model predicts as zero-shot does (adapted_ is False). "
                 "min_confident_agreement=0 adapts regardless.",
                 UserWarning, stacklevel=2)
-        self._warn_if_collapsed(f0 @ text0.T)
+        self._warn_if_collapsed(zero_shot_logits)
         self._end_of_divergence(diverged)
         return self
 

@@ -527,13 +527,10 @@ def plot_embedding_shift(before, after, labels=None, method: str = "umap", *, te
                             legend=False, text_name=text_name)
         _axis_labels(ax, method)
         ax.set_title(ttl if gap is None else f"{ttl}: gap to the {text_name}s {gap:.3f}")
-    # one legend for both panels, under them, where it hides no point
-    if own_figure:
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=6, fontsize="small",
-                   frameon=False)
-    else:
-        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, fontsize="small",
-                   frameon=False)
+    # one legend for both panels, under them, where it hides no point: in the margin of a
+    # figure made here, below the caller's figure otherwise
+    loc, anchor = ("lower center", (0.5, 0.01)) if own_figure else ("upper center", (0.5, 0.0))
+    fig.legend(handles=handles, loc=loc, bbox_to_anchor=anchor, ncol=6, fontsize="small", frameon=False)
 
     total = len(y_before)
     k = total if n_arrows is None else min(int(n_arrows), total)
