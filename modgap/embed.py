@@ -16,6 +16,7 @@ where a method trains a copy, the ``model`` to run.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,20 +29,26 @@ from .cache import EmbeddingCache, fingerprint_inputs, fingerprint_model
 from .validation import check_int, check_strings
 
 __all__ = [
+    "PRECISIONS",
     "PROGRESS_MIN",
+    "autocast_dtype",
     "autocast_for",
     "cache_for",
     "check_tensor_size",
+    "default_workers",
     "encode_images",
     "encode_pixels",
     "encode_texts",
     "fast_path_ok",
+    "grad_scaler_for",
     "image_batches",
     "image_dtype",
     "image_inputs",
     "normalize_stats",
+    "pixel_batches",
     "pixels_at",
     "pixels_to_tensor",
+    "prepare_images",
     "show_progress",
     "texts_cut",
     "tokenize_checked",
@@ -54,6 +61,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # below this many items a progress bar is more noise than help
 PROGRESS_MIN = 2048
+# in-memory images are resized once per fit when the result takes at most this much
+PREPARED_MAX_BYTES = 4 * 2 ** 30
 
 
 def pixels_to_tensor(images: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, device="cpu") -> torch.Tensor:
@@ -177,13 +186,44 @@ def check_tensor_size(clip, images: torch.Tensor, name: str = "images") -> None:
         )
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA where supported (else fp16), nothing elsewhere
-    or when not ``enabled``."""
+PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_fp16")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (open_clip's words) on ``device``,
+    ``None`` for fp32: ``"amp"`` is autocast's own default (fp16 on CUDA,
+    bf16 on CPU), ``"amp_bf16"`` and ``"amp_fp16"`` name theirs."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "amp":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.bfloat16 if precision == "amp_bf16" else torch.float16
+
+
+def autocast_for(device: torch.device, enabled: bool = True, precision: str | None = None):
+    """The autocast context of ``precision`` (see :func:`autocast_dtype`);
+    without one, modgap's default for passes without gradients: bf16
+    autocast on CUDA where supported (else fp16) when ``enabled``, nothing
+    elsewhere."""
+    if precision is not None:
+        dtype = autocast_dtype(device, precision)
+        if dtype is None or device.type not in ("cuda", "cpu"):
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
     if enabled and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
+
+
+def grad_scaler_for(device: torch.device, precision: str | None):
+    """A ``GradScaler`` where fp16 autocast trains on CUDA (its small range
+    needs the loss scaled), else ``None``."""
+    if device.type == "cuda" and precision is not None and autocast_dtype(device, precision) == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 def show_progress(progress, n: int) -> bool:
@@ -243,15 +283,145 @@ def pixels_at(clip, kind: str, items, idx, *, dtype=None) -> tuple[torch.Tensor 
     return _preprocess_pil(clip, [items[i] for i in idx], dtype), kept
 
 
+def default_workers() -> int:
+    """DataLoader worker processes that decode and transform image files:
+    ``MODGAP_NUM_WORKERS`` where set, else the CPUs this process may use, at
+    most 8 (decoding is the slow part on a small model, so each core
+    decodes; the model's own threads take turns with them)."""
+    env = os.environ.get("MODGAP_NUM_WORKERS")
+    if env is not None and env.strip():
+        try:
+            n = int(env)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ValueError(f"MODGAP_NUM_WORKERS must be a non-negative integer, got {env!r}")
+        return n
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus))
+
+
+def workers_for(clip) -> int:
+    """``clip.num_workers`` when set, else :func:`default_workers`."""
+    n = getattr(clip, "num_workers", None)
+    return default_workers() if n is None else int(n)
+
+
+def pil_stage(preprocess):
+    """The steps of an open_clip eval transform that work on PIL images
+    (resize, crop, mode), as one callable, when everything after them is a
+    conversion to tensor and ``Normalize``; else ``None``. Their uint8
+    output through :func:`pixels_to_tensor` gives the transform's numbers
+    exactly (``ToTensor`` is a division by 255 of the same bytes)."""
+    steps = list(getattr(preprocess, "transforms", []))
+    names = [type(t).__name__ for t in steps]
+    for i, name in enumerate(names):
+        if name in ("ToTensor", "MaybeToTensor"):
+            if names[i + 1:] != ["Normalize"]:
+                return None
+            head = steps[:i]
+            if any(type(t).__name__ not in ("Resize", "CenterCrop", "MaybeConvertMode", "function")
+                   for t in head):
+                return None
+
+            def run(image, head=tuple(head)):
+                for t in head:
+                    image = t(image)
+                return image.convert("RGB")
+            return run
+    return None
+
+
+def prepare_images(clip, kind: str, items) -> tuple[str, object]:
+    """In-memory images made ready for many passes: PIL images, and uint8
+    arrays not at the model's input size, are resized and cropped once with
+    the model's own transform and kept as uint8 ``[N, H, W, 3]`` at its
+    input size (the same numbers on every pass, see :func:`pil_stage`), so
+    a training pass only converts bytes to floats. Anything else, or a
+    result larger than ``PREPARED_MAX_BYTES``, or a transform of another
+    shape, comes back as it was."""
+    if kind not in ("pil", "uint8"):
+        return kind, items
+    h, w = clip.image_size
+    if kind == "uint8" and fast_path_ok(clip.preprocess, clip.image_size, items.shape[1:3]):
+        return kind, items
+    stage = pil_stage(clip.preprocess)
+    if stage is None or len(items) * h * w * 3 > PREPARED_MAX_BYTES:
+        return kind, items
+    from PIL import Image
+
+    out = np.empty((len(items), h, w, 3), dtype=np.uint8)
+    for i, im in enumerate(items):
+        im = Image.fromarray(im) if kind == "uint8" else im.convert("RGB")
+        a = np.asarray(stage(im))
+        if a.shape != (h, w, 3):
+            return kind, items
+        out[i] = a
+    return "uint8", out
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Files (or PIL images) decoded and transformed in a worker: each item
+    is ``(position, tensor)``, the tensor ``None`` when the file does not
+    decode."""
+
+    def __init__(self, kind, items, preprocess):
+        self.kind, self.items, self.preprocess = kind, items, preprocess
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from .data.files import read_image
+
+        try:
+            im = read_image(self.items[i]) if self.kind == "paths" else self.items[i].convert("RGB")
+        except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
+            return i, None
+        return i, self.preprocess(im)
+
+
+def _collate_decoded(batch):
+    kept = np.asarray([j for j, (_, x) in enumerate(batch) if x is not None], dtype=np.int64)
+    xs = [x for _, x in batch if x is not None]
+    return kept, (torch.stack(xs) if xs else None)
+
+
+def pixel_batches(clip, kind: str, items, batches, *, dtype=None, workers: int | None = None,
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+    """``(kept, pixels)`` for each array of positions in ``batches``, in
+    order, as :func:`pixels_at` gives them; files and PIL images are
+    decoded and transformed ahead in DataLoader worker processes
+    (``workers``, default :func:`workers_for`) with pinned memory on CUDA
+    and copied without blocking, so the device does not wait for the CPU.
+    The same numbers as :func:`pixels_at`, batch for batch."""
+    batches = [np.asarray(b.tolist() if isinstance(b, torch.Tensor) else b, dtype=np.int64).reshape(-1)
+               for b in batches]
+    dtype = image_dtype(clip.model) if dtype is None else dtype
+    workers = workers_for(clip) if workers is None else int(workers)
+    if kind not in ("paths", "pil") or workers == 0 or len(batches) < 2:
+        for idx in batches:
+            pixels, kept = pixels_at(clip, kind, items, idx, dtype=dtype)
+            yield kept, pixels
+        return
+    cuda = clip.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _Decoded(kind, items, clip.preprocess), batch_sampler=[b.tolist() for b in batches],
+        collate_fn=_collate_decoded, num_workers=min(workers, len(batches)), pin_memory=cuda,
+        prefetch_factor=4, persistent_workers=False)
+    for kept, pixels in loader:
+        if pixels is not None:
+            pixels = pixels.to(clip.device, dtype, non_blocking=cuda)
+        yield kept, pixels
+
+
 def image_batches(clip, kind: str, items, batch_size: int, skipped: list | None = None,
                   ) -> Iterator[torch.Tensor]:
     """Preprocessed batches of ``items`` in order; the positions of files
     that cannot be decoded are appended to ``skipped`` (and their rows left
     out), or raise when ``skipped`` is ``None``."""
-    dtype = image_dtype(clip.model)
-    for start in range(0, len(items), batch_size):
-        idx = np.arange(start, min(len(items), start + batch_size))
-        pixels, kept = pixels_at(clip, kind, items, idx, dtype=dtype)
+    batches = [np.arange(s, min(len(items), s + batch_size)) for s in range(0, len(items), batch_size)]
+    for idx, (kept, pixels) in zip(batches, pixel_batches(clip, kind, items, batches)):
         if len(kept) < len(idx):
             bad = np.setdiff1d(idx, idx[kept]).tolist()
             if skipped is None:
@@ -264,7 +434,8 @@ def image_batches(clip, kind: str, items, batch_size: int, skipped: list | None 
 
 
 @torch.no_grad()
-def _run(model, fn, batches, n: int, device, *, progress, desc: str, amp: bool, dim: int) -> torch.Tensor:
+def _run(model, fn, batches, n: int, device, *, progress, desc: str, amp: bool, dim: int,
+         precision: str | None = None) -> torch.Tensor:
     """Float32 outputs of ``fn`` over ``batches`` with ``model`` in eval mode
     (its mode is restored afterwards)."""
     from tqdm.auto import tqdm
@@ -275,7 +446,7 @@ def _run(model, fn, batches, n: int, device, *, progress, desc: str, amp: bool, 
     try:
         with tqdm(total=n, desc=desc, unit="it", disable=not show_progress(progress, n), leave=False) as bar:
             for b in batches:
-                with autocast_for(device, amp):
+                with autocast_for(device, amp, precision):
                     f = fn(b)
                 out.append(f.float())
                 bar.update(len(b))
@@ -285,15 +456,17 @@ def _run(model, fn, batches, n: int, device, *, progress, desc: str, amp: bool, 
 
 
 def encode_pixels(clip, kind: str, items, *, model=None, batch_size: int = 256, progress=None,
-                  desc: str = "images", amp: bool = True, skipped: list | None = None) -> torch.Tensor:
+                  desc: str = "images", amp: bool = True, skipped: list | None = None,
+                  precision: str | None = None) -> torch.Tensor:
     """Raw (unnormalised) float32 image features ``[N, D]`` of ``items`` by
     ``model`` (default ``clip.model``) with ``clip``'s preprocessing; rows of
     files that cannot be decoded are left out and their positions appended
-    to ``skipped``."""
+    to ``skipped``; ``precision`` (see :func:`autocast_for`) overrides
+    ``amp``."""
     model = clip.model if model is None else model
     batches = image_batches(clip, kind, items, batch_size, skipped)
     return _run(model, model.encode_image, batches, len(items), clip.device, progress=progress, desc=desc,
-                amp=amp, dim=clip.embed_dim)
+                amp=amp, dim=clip.embed_dim, precision=precision)
 
 
 def warn_skipped(items, skipped, where: str, stacklevel: int = 3) -> np.ndarray:

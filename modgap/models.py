@@ -562,10 +562,16 @@ class Clip:
         The open_clip ``model_cfg`` of the architecture, where known
         (:func:`load_model` fills it in); saving a trained copy writes it
         beside the weights, so the folder loads with ``local-dir:``.
+    num_workers : int or None
+        DataLoader worker processes that decode and transform image files
+        and PIL images while the model runs; ``None`` picks them from the
+        machine (:func:`modgap.embed.default_workers`, overridable with the
+        ``MODGAP_NUM_WORKERS`` environment variable), 0 decodes in this
+        process.
     """
 
     def __init__(self, model, preprocess=None, tokenizer=None, device=None, name="clip", cache_dir=None,
-                 config=None):
+                 config=None, num_workers=None):
         import open_clip
 
         self.model = model
@@ -581,6 +587,10 @@ class Clip:
         self.name = name
         self.cache_dir = cache_dir
         self.config = config
+        if num_workers is not None and (not isinstance(num_workers, int) or isinstance(num_workers, bool)
+                                        or num_workers < 0):
+            raise ValueError(f"num_workers must be a non-negative integer or None, got {num_workers!r}")
+        self.num_workers = num_workers
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
@@ -612,7 +622,8 @@ class Clip:
     def with_model(self, model, name: str | None = None) -> Clip:
         """A new Clip with the same preprocessing and tokenizer around ``model``."""
         return Clip(model, self.preprocess, self.tokenizer, device=self.device,
-                    name=name or self.name, cache_dir=self.cache_dir, config=self.config)
+                    name=name or self.name, cache_dir=self.cache_dir, config=self.config,
+                    num_workers=self.num_workers)
 
     def copy(self, name: str | None = None) -> Clip:
         """A deep copy of the model, for training without touching this one."""

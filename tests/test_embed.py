@@ -254,3 +254,88 @@ def test_autocast_only_on_cuda():
     ctx = embed.autocast_for(torch.device("cpu"))
     with ctx:
         assert not torch.is_autocast_enabled()
+
+
+# -- feeding the model: workers and images prepared once --------------------------------------------------------
+
+
+def test_workers_decode_files_to_the_same_pixels_and_skip_the_same_corrupt_file(clip, tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 256, (10, 40, 48, 3), dtype=np.uint8)
+    paths = save_pngs(arrays, tmp_path / "imgs")
+    write_corrupt(paths[3])
+    batches = [np.array([0, 1, 2, 3]), np.array([9, 4]), np.array([3]), np.array([5, 6, 7, 8])]
+    inline = list(embed.pixel_batches(clip, "paths", paths, batches, workers=0))
+    pooled = list(embed.pixel_batches(clip, "paths", paths, batches, workers=2))
+    assert len(inline) == len(pooled) == len(batches)
+    for (k0, x0), (k1, x1), idx in zip(inline, pooled, batches):
+        np.testing.assert_array_equal(k0, k1)
+        assert list(idx[k0]) == [i for i in idx if i != 3]
+        if x0 is None:
+            assert x1 is None and list(idx) == [3]
+        else:
+            assert torch.equal(x0, x1)
+    # the whole engine: the same embeddings with and without workers, the corrupt file named once
+    clip.num_workers = 2
+    try:
+        with pytest.warns(UserWarning, match="skipped 1 of 10"):
+            pooled_emb = clip.encode_images(paths, batch_size=3)
+    finally:
+        clip.num_workers = None
+    clip.num_workers = 0
+    try:
+        with pytest.warns(UserWarning, match="skipped 1 of 10"):
+            inline_emb = clip.encode_images(paths, batch_size=3)
+    finally:
+        clip.num_workers = None
+    assert pooled_emb.shape == (9, clip.embed_dim)
+    torch.testing.assert_close(pooled_emb, inline_emb, rtol=0, atol=0)
+
+
+def test_pil_images_through_workers_match_the_transform(clip):
+    rng = np.random.default_rng(1)
+    pil = as_pil(rng.integers(0, 256, (6, 50, 37, 3), dtype=np.uint8))
+    batches = [np.array([5, 0, 2]), np.array([1, 3, 4])]
+    for (kept, x), idx in zip(embed.pixel_batches(clip, "pil", pil, batches, workers=2), batches):
+        assert list(kept) == [0, 1, 2]
+        want = torch.stack([clip.preprocess(pil[i]) for i in idx])
+        assert torch.equal(x, want)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "pil"])
+def test_images_prepared_once_give_the_transforms_exact_numbers(clip, kind):
+    rng = np.random.default_rng(2)
+    arrays = rng.integers(0, 256, (5, 45, 60, 3), dtype=np.uint8)
+    items = arrays if kind == "uint8" else as_pil(arrays)
+    new_kind, prepared = embed.prepare_images(clip, kind, items)
+    assert new_kind == "uint8" and prepared.shape == (5, *clip.image_size, 3)
+    idx = np.array([4, 1, 3])
+    before, _ = embed.pixels_at(clip, kind, items, idx)
+    after, _ = embed.pixels_at(clip, new_kind, prepared, idx)
+    assert torch.equal(before, after)
+
+
+def test_prepare_images_leaves_what_needs_no_preparing(clip, tmp_path, monkeypatch):
+    at_size = np.zeros((3, *clip.image_size, 3), dtype=np.uint8)
+    kind, items = embed.prepare_images(clip, "uint8", at_size)
+    assert kind == "uint8" and items is at_size
+    paths = save_pngs(at_size, tmp_path / "p")
+    assert embed.prepare_images(clip, "paths", paths) == ("paths", paths)
+    # too large to keep in memory: left to be transformed batch by batch
+    monkeypatch.setattr(embed, "PREPARED_MAX_BYTES", 10)
+    big = np.zeros((3, 40, 40, 3), dtype=np.uint8)
+    kind, items = embed.prepare_images(clip, "uint8", big)
+    assert kind == "uint8" and items is big
+
+
+def test_worker_count_comes_from_the_machine_or_the_environment(monkeypatch, clip):
+    monkeypatch.delenv("MODGAP_NUM_WORKERS", raising=False)
+    n = embed.default_workers()
+    assert 0 <= n <= 8
+    monkeypatch.setenv("MODGAP_NUM_WORKERS", "3")
+    assert embed.default_workers() == 3
+    monkeypatch.setenv("MODGAP_NUM_WORKERS", "many")
+    with pytest.raises(ValueError, match="MODGAP_NUM_WORKERS"):
+        embed.default_workers()
+    with pytest.raises(ValueError, match="num_workers"):
+        Clip(clip.model, clip.preprocess, clip.tokenizer, num_workers=-1)

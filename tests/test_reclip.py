@@ -352,17 +352,17 @@ def test_training_uses_only_images_where_the_branches_agree(clip, target, monkey
             trained.append([])
         return res
 
-    real_pixels = reclip_mod.pixels_at
+    real_batches = reclip_mod.pixel_batches
 
-    def spy(clip_, kind, items, idx, *rest, **kw):
-        # the module's own pixels_at serves the training steps only; the evaluation
+    def spy(clip_, kind, items, batches, **kw):
+        # the module's pixel_batches serves the training steps only; the evaluation
         # passes read their pixels through encode_pixels
-        if torch.is_grad_enabled():
+        for idx in batches:
             trained[-1].extend(int(i) for i in idx)
-        return real_pixels(clip_, kind, items, idx, *rest, **kw)
+        return real_batches(clip_, kind, items, batches, **kw)
 
     monkeypatch.setattr(est, "_propagate", forced)
-    monkeypatch.setattr(reclip_mod, "pixels_at", spy)
+    monkeypatch.setattr(reclip_mod, "pixel_batches", spy)
     est.fit(target)
     assert len(agreed) == 3 and trained[-1] == []
     assert agreed[0] == set(range(n // 2, n))  # the branches start out identical
@@ -696,3 +696,15 @@ def test_a_run_saved_with_a_retired_setting_still_loads(clip, target, tmp_path):
     loaded = ReCLIP.load(tmp_path / "run", clip)
     assert not hasattr(loaded, "min_balance")
     np.testing.assert_array_equal(loaded.predict(target), est.predict(target))
+
+
+def test_precision_fp32_and_amp_bf16_on_cpu(clip, target):
+    plain = make(clip, target, epochs=1, precision="fp32").fit(target, labels=target.labels)
+    bf16 = make(clip, target, epochs=1, precision="amp_bf16").fit(target, labels=target.labels)
+    default = make(clip, target, epochs=1).fit(target, labels=target.labels)
+    # on the CPU the default (amp=True) is fp32
+    np.testing.assert_array_equal(plain.history_["loss_v"].to_numpy(), default.history_["loss_v"].to_numpy())
+    assert not np.array_equal(plain.history_["loss_v"].to_numpy(), bf16.history_["loss_v"].to_numpy())
+    assert np.isfinite(bf16.history_["loss_v"].to_numpy()[1:]).all()
+    with pytest.raises(ValueError, match="precision"):
+        make(clip, target, precision="half").fit(target)

@@ -425,3 +425,31 @@ def test_too_few_pairs_for_the_budget_are_said(tiny):
         CLIPRefine(tiny, holdout=0, progress=False, steps=120, callback=lambda est, row: False).fit(few)
     with pytest.raises(ValueError, match="epochs or steps, not both"):
         CLIPRefine(tiny, epochs=1, steps=3, progress=False).fit(few)
+
+
+def test_precision_amp_bf16_trains_in_bf16_and_keeps_fp32_weights(tiny, pairs, monkeypatch):
+    seen = []
+    real = RefineObjective.forward
+
+    def spy(self, pixels, tokens, generator=None):
+        terms = real(self, pixels, tokens, generator)
+        seen.append(self.student.encode_image(pixels[:2]).dtype)
+        return terms
+
+    monkeypatch.setattr(RefineObjective, "forward", spy)
+    fp32 = small(tiny, method="clip-refine", seed=3).fit(pairs)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = small(tiny, method="clip-refine", seed=3, precision="amp_bf16").fit(pairs)
+    assert set(seen) == {torch.bfloat16}  # the forward passes ran under bf16 autocast
+    assert all(p.dtype == torch.float32 for p in bf16.model_.parameters())
+    assert np.isfinite(bf16.history_["loss"].to_numpy()[1:]).all()
+    assert not same_state(state(fp32.model_), state(bf16.model_))
+    # the same losses, up to low-precision rounding
+    np.testing.assert_allclose(bf16.history_["loss"].to_numpy()[1:], fp32.history_["loss"].to_numpy()[1:],
+                               rtol=0.02)
+
+
+def test_precision_outside_open_clips_words_is_refused(tiny, pairs):
+    with pytest.raises(ValueError, match="precision"):
+        small(tiny, precision="bf16-mixed").fit(pairs)

@@ -45,7 +45,15 @@ import warnings
 import numpy as np
 import torch
 
-from ..embed import image_inputs, pixels_at, warn_cut_texts
+from ..embed import (
+    PRECISIONS,
+    autocast_for,
+    grad_scaler_for,
+    image_inputs,
+    pixel_batches,
+    prepare_images,
+    warn_cut_texts,
+)
 from ..validation import (
     check_callable,
     check_choice,
@@ -339,6 +347,15 @@ class CLIPRefine(Estimator):
         learning-rate schedule runs over these steps. ``None`` with
         ``epochs=None`` is the model size's default: a budget of 120 steps
         for small models, one epoch for large ones.
+    precision : {"fp32", "amp", "amp_bf16", "amp_fp16"}
+        open_clip's names for the training arithmetic. ``"fp32"`` (the
+        default) is the reference's. The others run the student's and the
+        teacher's forward passes and the losses under autocast to bf16 or
+        fp16 (``"amp"``: fp16 on CUDA, bf16 on CPU) while the weights, the
+        gradients and AdamW's state stay fp32, and fp16 on CUDA scales the
+        loss; activations take about half the memory and the GPU's tensor
+        cores do the matrix products. The weights then differ from an fp32
+        run in the third significant digit of each update.
     on_divergence : {"raise", "warn"}
         What a loss, weight or held-out embedding that is no longer finite
         does: training stops at once, ``model_`` goes back to the weights of
@@ -379,7 +396,7 @@ class CLIPRefine(Estimator):
                  lambda_kd: float = 1.0, lambda_contrastive: float | None = None,
                  rafa_normalize: bool = False, warmup=None, schedule: str | None = None, holdout=256,
                  log_every: int | None = None, seed: int = 0, device=None, progress: bool = True,
-                 callback=None, on_divergence: str = "raise", steps: int | None = None):
+                 callback=None, on_divergence: str = "raise", steps: int | None = None, precision: str = "fp32"):
         self.clip = clip
         self.method = method
         self.epochs = epochs
@@ -402,6 +419,7 @@ class CLIPRefine(Estimator):
         self.callback = callback
         self.on_divergence = on_divergence
         self.steps = steps
+        self.precision = precision
 
     # -- parameters --------------------------------------------------------
     def _validate_params(self) -> None:
@@ -432,6 +450,7 @@ class CLIPRefine(Estimator):
         check_int(self.seed, "seed", min_value=None)
         check_callable(self.callback, "callback")
         check_choice(self.on_divergence, "on_divergence", ON_DIVERGENCE)
+        check_choice(self.precision, "precision", PRECISIONS)
 
     def _split(self, pairs, eval_pairs):
         from ..data.containers import PairSet
@@ -524,7 +543,8 @@ class CLIPRefine(Estimator):
             student.logit_scale.requires_grad_(False)
         if getattr(student, "logit_bias", None) is not None:
             student.logit_bias.requires_grad_(False)
-        kind, items = image_inputs(train)
+        # in-memory images are resized once here, not on every pass
+        kind, items = prepare_images(clip, *image_inputs(train))
         temperature = self.temperature if self.temperature is not None else hp["temperature"]
         factor = hp["temperature_factor"] if self.temperature is None else 1.0
         if temperature == "auto":
@@ -539,7 +559,9 @@ class CLIPRefine(Estimator):
                                     temperature=self.temperature_, rafa_normalize=self.rafa_normalize)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr_, weight_decay=float(self.weight_decay))
-        probe = Clip(student, clip.preprocess, clip.tokenizer, device=device, name=f"{clip.name} (training)")
+        scaler = grad_scaler_for(device, self.precision)
+        probe = Clip(student, clip.preprocess, clip.tokenizer, device=device, name=f"{clip.name} (training)",
+                     num_workers=clip.num_workers)
 
         fork = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
@@ -558,12 +580,12 @@ class CLIPRefine(Estimator):
             try:
                 for epoch in range(0 if stop else self.epochs_):
                     order = rng.permutation(n)
-                    for b in range(per_epoch):
+                    batches = [order[b * bs:(b + 1) * bs] for b in range(per_epoch)]
+                    for idx, (kept, pixels) in zip(batches, pixel_batches(clip, kind, items, batches,
+                                                                          dtype=torch.float32)):
                         if step >= total:
                             break
-                        idx = order[b * bs:(b + 1) * bs]
                         captions = train.sample_captions(idx, rng)
-                        pixels, kept = pixels_at(clip, kind, items, idx, dtype=torch.float32)
                         if len(kept) < len(idx):
                             unread.extend(items[idx[j]] for j in np.setdiff1d(np.arange(len(idx)), kept))
                             captions = [captions[j] for j in kept]
@@ -576,7 +598,8 @@ class CLIPRefine(Estimator):
                         for group in opt.param_groups:
                             group["lr"] = lr
                         student.train()
-                        terms = objective(pixels, tokens, generator=gen)
+                        with autocast_for(device, precision=self.precision):
+                            terms = objective(pixels, tokens, generator=gen)
                         if not torch.isfinite(terms["loss"]):
                             bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)]
                             diverged = self._divergence_message(bad or ["loss"], terms, step + 1, lr,
@@ -585,8 +608,13 @@ class CLIPRefine(Estimator):
                             stop = True
                             break
                         opt.zero_grad(set_to_none=True)
-                        terms["loss"].backward()
-                        opt.step()
+                        if scaler is None:
+                            terms["loss"].backward()
+                            opt.step()
+                        else:
+                            scaler.scale(terms["loss"]).backward()
+                            scaler.step(opt)
+                            scaler.update()
                         if "contrastive" in self.terms_:
                             with torch.no_grad():
                                 student.logit_scale.clamp_(0, math.log(100))

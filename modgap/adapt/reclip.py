@@ -30,10 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ..embed import (
+    PRECISIONS,
     autocast_for,
     encode_pixels,
+    grad_scaler_for,
     image_inputs,
-    pixels_at,
+    pixel_batches,
+    prepare_images,
     show_progress,
     tokenize_checked,
     warn_skipped,
@@ -234,7 +237,16 @@ class ReCLIP(Estimator):
         Images per batch in the passes without gradients.
     amp : bool
         Mixed precision (bf16, or fp16 with loss scaling) on CUDA; ignored
-        elsewhere.
+        elsewhere. ``precision``, when given, replaces it.
+    precision : {"fp32", "amp", "amp_bf16", "amp_fp16"} or None
+        open_clip's names for the arithmetic of every pass: ``"fp32"``
+        throughout, or autocast to bf16 or fp16 (``"amp"`` is fp16 on CUDA,
+        bf16 on CPU) with the weights, the optimiser state and the label
+        propagation in fp32, and the loss scaled under fp16 on CUDA. The
+        low-precision passes take about half the activation memory and run
+        on the GPU's tensor cores; their features differ from fp32 in the
+        third significant digit, so pseudo labels near a tie can change.
+        ``None`` follows ``amp``.
     callback : callable, optional
         ``callback(estimator, row)`` after every evaluation, with that
         epoch's history row as a dict (``history_`` already holds it), e.g.
@@ -355,7 +367,7 @@ class ReCLIP(Estimator):
                  lr_visual=None, lr_text=None, k=20, alpha=0.99, seed=0, *, momentum=0.9,
                  weight_decay=1e-4, logit_scale=100.0, rank_cap="auto", max_iter=20, tol=1e-6,
                  eval_batch_size=256, amp=True, callback=None, progress=None, on_divergence="raise",
-                 min_confident_agreement=MIN_CONFIDENT_AGREEMENT, max_balance_drop=MAX_BALANCE_DROP):
+                 min_confident_agreement=MIN_CONFIDENT_AGREEMENT, max_balance_drop=MAX_BALANCE_DROP, precision=None):
         self.clip = clip
         self.classnames = classnames
         self.templates = templates
@@ -374,6 +386,7 @@ class ReCLIP(Estimator):
         self.tol = tol
         self.eval_batch_size = eval_batch_size
         self.amp = amp
+        self.precision = precision
         self.callback = callback
         self.progress = progress
         self.on_divergence = on_divergence
@@ -407,6 +420,8 @@ class ReCLIP(Estimator):
             check_int(self.rank_cap, "rank_cap", allow_none=True)
         check_callable(self.callback, "callback")
         check_choice(self.on_divergence, "on_divergence", ON_DIVERGENCE)
+        if self.precision is not None:
+            check_choice(self.precision, "precision", PRECISIONS)
 
     def _check_labels(self, labels, n):
         if labels is None:
@@ -424,13 +439,13 @@ class ReCLIP(Estimator):
         return self.clip.device
 
     def _autocast(self):
-        return autocast_for(self.device, bool(self.amp))
+        return autocast_for(self.device, bool(self.amp), self.precision)
 
     def _features(self, model, kind, items, desc, show, skipped=None) -> torch.Tensor:
         """Normalised image features ``[N, D]`` (rows of unreadable files left
         out when a list ``skipped`` collects their positions)."""
         f = encode_pixels(self.clip, kind, items, model=model, batch_size=self.eval_batch_size, progress=show,
-                          desc=desc, amp=bool(self.amp), skipped=skipped)
+                          desc=desc, amp=bool(self.amp), skipped=skipped, precision=self.precision)
         return F.normalize(f, dim=-1)
 
     @staticmethod
@@ -479,6 +494,8 @@ class ReCLIP(Estimator):
         classnames, templates = self.classnames_, self.templates_
         kind, items = image_inputs(images)
         y = self._check_labels(labels, len(items))
+        # in-memory images are resized once here, not on every pass
+        kind, items = prepare_images(self.clip, kind, items)
         c = len(classnames)
         self._check_graph_size(len(items), c)
         show = show_progress(self.progress, len(items))
@@ -524,8 +541,11 @@ class ReCLIP(Estimator):
                                 weight_decay=float(self.weight_decay))
         opt_t = torch.optim.SGD([p for _, p in t_params], lr=lr_text, momentum=float(self.momentum),
                                 weight_decay=float(self.weight_decay))
-        fp16 = (self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
-        scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
+        if self.precision is not None:
+            scaler = grad_scaler_for(device, self.precision)
+        else:
+            fp16 = (self.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+            scaler = torch.amp.GradScaler("cuda", enabled=fp16) if device.type == "cuda" else None
 
         gen = torch.Generator().manual_seed(int(self.seed))
         for stale in ("history_", "visual_model_"):
@@ -679,16 +699,14 @@ class ReCLIP(Estimator):
         losses_v, losses_t, trained = [], [], 0
         v_model.eval()
         t_model.eval()
-        steps = range(0, n, self.batch_size)
-        for s in tqdm(steps, desc=f"epoch {epoch}: training", disable=not show, leave=False):
-            idx = order[s:s + self.batch_size]
-            sel = idx[agree_cpu[idx]]
-            if len(sel) == 0:
-                continue
+        batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        batches = [sel for sel in (idx[agree_cpu[idx]] for idx in batches) if len(sel)]
+        loaded = pixel_batches(self.clip, kind, items, batches)
+        for sel, (_, x) in tqdm(zip(batches, loaded), total=len(batches), desc=f"epoch {epoch}: training",
+                                disable=not show, leave=False):
             trained += len(sel)
             sel_dev = sel.to(f0.device)
             # ReCLIP-V: its image encoder against the centroid classifier
-            x, _ = pixels_at(self.clip, kind, items, sel)
             with torch.enable_grad():
                 with self._autocast():
                     feat = v_model.encode_image(x)
