@@ -14,6 +14,7 @@ exception through to show it. Exit status: 0 done, 1 the work failed,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -352,7 +353,7 @@ def _gap_inputs(clip, ds):
 
 
 def _cmd_gap(args) -> int:
-    from modgap import metrics
+    from modgap import distributed, metrics
     from modgap.data import ImageSet
     from modgap.io import atomic_write, atomic_write_text
 
@@ -373,7 +374,7 @@ def _cmd_gap(args) -> int:
     img, txt, classes, labels = _gap_inputs(clip, ds)
     report = metrics.gap_report(img, txt, class_emb=classes, labels=labels, name=f"{args.model} / {ds.name}")
     print(report.to_string())
-    if args.save_figures:
+    if args.save_figures and distributed.is_main():
         import matplotlib
 
         matplotlib.use("Agg")
@@ -525,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(data_flag, required=True,
                        help="a named set (modgap info lists them), a caption file (.csv, .tsv, .jsonl), "
                             "a COCO captions .json or a folder of class folders")
-        p.add_argument("--n", type=_whole(1), default=None, help="number of images of a named set")
+        # --count is the spelling torchrun lets through: its own flags make --n ambiguous
+        p.add_argument("--n", "--count", dest="n", type=_whole(1), default=None,
+                       help="number of images of a named set (--count under torchrun)")
         p.add_argument("--seed", type=_whole(0), default=0,
                        help="seed of the data and the training (default: 0)")
         p.add_argument("--device", type=_device, default="auto",
@@ -633,8 +636,15 @@ def main(argv=None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     failures = _failures()
+    from modgap import distributed
+
+    # under torchrun: one process group for the job, and one rank that prints
+    started = distributed.init_from_env()
     try:
-        return _HANDLERS[args.command](args)
+        with contextlib.ExitStack() as stack:
+            if not distributed.is_main():
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return _HANDLERS[args.command](args)
     except CommandLineError as e:
         if args.debug:
             raise
@@ -658,6 +668,9 @@ def main(argv=None) -> int:
             message = f"{e.filename}: {e.strerror}"
         _say(args, message)
         return 1
+    finally:
+        if started:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .cache import EmbeddingCache, fingerprint_inputs, fingerprint_model
 from .validation import check_int, check_strings
 
@@ -227,19 +228,22 @@ def grad_scaler_for(device: torch.device, precision: str | None):
 
 
 def show_progress(progress, n: int) -> bool:
-    """``progress`` as asked; ``None`` means a bar for long runs only."""
+    """``progress`` as asked; ``None`` means a bar for long runs only. Only
+    rank 0 of a distributed job shows bars."""
+    if not distributed.is_main():
+        return False
     return (n >= PROGRESS_MIN) if progress is None else bool(progress)
 
 
 def image_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype an image tower takes: bf16 or fp16 where the model was
-    loaded at that precision, else fp32."""
+    loaded at that precision, fp64 for a model wholly in fp64, else fp32."""
     visual = getattr(model, "visual", model)
     dtypes = {p.dtype for p in visual.parameters() if p.is_floating_point()}
     for low in (torch.bfloat16, torch.float16):
         if low in dtypes:
             return low
-    return torch.float32
+    return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
 def _preprocess_pil(clip, images, dtype) -> torch.Tensor:
@@ -464,6 +468,17 @@ def encode_pixels(clip, kind: str, items, *, model=None, batch_size: int = 256, 
     to ``skipped``; ``precision`` (see :func:`autocast_for`) overrides
     ``amp``."""
     model = clip.model if model is None else model
+    if distributed.is_distributed():
+        # each rank embeds its share; every rank gets all rows back, in order
+        start, stop = distributed.shard_bounds(len(items))
+        local = [] if skipped is not None else None
+        batches = image_batches(clip, kind, items[start:stop], batch_size, local)
+        feats = _run(model, model.encode_image, batches, stop - start, clip.device, progress=progress,
+                     desc=desc, amp=amp, dim=clip.embed_dim, precision=precision)
+        if skipped is not None:
+            for share_start, bad in distributed.all_gather_objects((start, local)):
+                skipped.extend(share_start + i for i in bad)
+        return distributed.gather_rows(feats)
     batches = image_batches(clip, kind, items, batch_size, skipped)
     return _run(model, model.encode_image, batches, len(items), clip.device, progress=progress, desc=desc,
                 amp=amp, dim=clip.embed_dim, precision=precision)
@@ -510,6 +525,8 @@ def encode_images(clip, images, batch_size: int = 256, normalize: bool = True, p
         key = cache.key("images", fingerprint_model(clip.model), fingerprint_inputs(kind, items),
                         repr(clip.preprocess), normalize, clip.device.type, "notes-v1")
         hit = cache.get_entry(key)
+        if not all(distributed.all_gather_objects(hit is not None)):
+            hit = None  # every rank embeds, or none: a rank alone in a collective would wait forever
         if hit is not None:
             # a cached answer warns as the first one did
             emb, skipped = hit
@@ -520,7 +537,7 @@ def encode_images(clip, images, batch_size: int = 256, normalize: bool = True, p
     bad = warn_skipped(items, skipped, "Clip.encode_images", stacklevel=3)
     if normalize:
         emb = F.normalize(emb, dim=-1)
-    if cache is not None:
+    if cache is not None and distributed.is_main():
         cache.put(key, emb.cpu().numpy(), bad)
     return emb
 

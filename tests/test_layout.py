@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "modgap"
 # bundled model at the bottom; a module may import its own layer and those below
 LAYERS = {
     "zoo": 0, "claims": 0,
-    "data": 1, "cache": 1, "io": 1, "validation": 1,
+    "data": 1, "cache": 1, "io": 1, "validation": 1, "distributed": 1,
     "embed": 2, "models": 2,
     "metrics": 3, "viz": 3, "evaluate": 3,
     "adapt": 4, "pretrain": 4,

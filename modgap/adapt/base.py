@@ -165,9 +165,14 @@ class Estimator(BaseEstimator):
 
         from safetensors.torch import save_file
 
+        from .. import distributed
         from ..io import RUN_FILE, atomic_folder, save_state_dict
 
         self._check_fitted()
+        if not distributed.is_main():
+            # under torchrun every rank holds the same fit: rank 0 writes it
+            distributed.barrier()
+            return Path(path).expanduser()
         models = self.fitted_models()
         with atomic_folder(path, overwrite=overwrite, marker=RUN_FILE) as tmp:
             for name, model in models.items():
@@ -189,6 +194,7 @@ class Estimator(BaseEstimator):
                 "fitted": {k: _plain(getattr(self, k)) for k in self._saved_scalars},
             }
             (tmp / RUN_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        distributed.barrier()
         return Path(path).expanduser()
 
     def _settings(self) -> dict:

@@ -45,10 +45,12 @@ import warnings
 import numpy as np
 import torch
 
+from .. import distributed
 from ..embed import (
     PRECISIONS,
     autocast_for,
     grad_scaler_for,
+    image_dtype,
     image_inputs,
     pixel_batches,
     prepare_images,
@@ -227,7 +229,12 @@ class RefineObjective(torch.nn.Module):
 
     Calling it with a batch of pixels ``[B, 3, H, W]``, tokens ``[B, L]`` and
     a ``torch.Generator`` (for RaFA's references) returns a dict with each
-    term and their weighted sum under ``"loss"``.
+    term and their weighted sum under ``"loss"``. Under an initialised
+    process group (:mod:`modgap.distributed`) each rank passes its share of
+    the global batch; the features are gathered (the student's with
+    gradient) and every rank computes the loss of the global batch, RaFA's
+    references drawn for the global batch from the same generator, so the
+    loss does not depend on the number of ranks.
     """
 
     def __init__(self, student, weights: dict, teacher=None, alpha: float = 0.5, temperature: float = 1.0,
@@ -252,20 +259,31 @@ class RefineObjective(torch.nn.Module):
         # .state_dict() hold the student only
         self.__dict__["teacher"] = teacher
 
+    def _encode(self, encoder, x: torch.Tensor) -> torch.Tensor:
+        # a rank's share of a global batch may be empty; the encoders refuse zero rows
+        if x.shape[0] == 0:
+            dtype = next(self.student.parameters()).dtype
+            return torch.zeros(0, int(self.student.visual.output_dim), device=x.device, dtype=dtype)
+        return encoder(x)
+
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None):
-        s_img = self.student.encode_image(pixels)
-        s_txt = self.student.encode_text(tokens)
+        s_img = distributed.gather_with_grad(self._encode(self.student.encode_image, pixels))
+        s_txt = distributed.gather_with_grad(self._encode(self.student.encode_text, tokens))
         terms = {}
         if "contrastive" in self.weights:
-            terms["contrastive"] = contrastive_loss(s_img, s_txt, self.student.logit_scale.exp())
+            scale = self.student.logit_scale.exp()
+            if not distributed.is_main():
+                # every rank computes the whole loss: the scale's gradient is counted on one
+                scale = scale.detach()
+            terms["contrastive"] = contrastive_loss(s_img, s_txt, scale)
         if "rafa" in self.weights:
             ref = sample_references(s_img.shape[0], s_img.shape[1], generator=generator,
                                     device=s_img.device, dtype=s_img.dtype)
             terms["rafa"] = rafa_loss(s_img, s_txt, ref, normalize=self.rafa_normalize)
         if "hycd" in self.weights:
             with torch.no_grad():
-                t_img = self.teacher.encode_image(pixels)
-                t_txt = self.teacher.encode_text(tokens)
+                t_img = distributed.gather_rows(self._encode(self.teacher.encode_image, pixels))
+                t_txt = distributed.gather_rows(self._encode(self.teacher.encode_text, tokens))
             terms["hycd"] = hycd_loss(s_img, s_txt, t_img, t_txt, alpha=self.alpha, temperature=self.temperature)
         terms["loss"] = sum(self.weights[k] * v for k, v in terms.items())
         return terms
@@ -534,10 +552,12 @@ class CLIPRefine(Estimator):
         self.schedule_ = self.schedule if self.schedule is not None else hp["schedule"]
         self.total_steps_ = total
 
-        student = copy.deepcopy(clip.model).float().to(device)
+        # fp32 weights whatever the model was loaded in; a model wholly in fp64 stays fp64
+        work = torch.float64 if image_dtype(clip.model) == torch.float64 else torch.float32
+        student = copy.deepcopy(clip.model).to(device, work)
         teacher = None
         if "hycd" in self.terms_:
-            teacher = copy.deepcopy(clip.model).float().to(device)
+            teacher = copy.deepcopy(clip.model).to(device, work)
         student.requires_grad_(True)
         if "contrastive" not in self.terms_:
             student.logit_scale.requires_grad_(False)
@@ -566,6 +586,11 @@ class CLIPRefine(Estimator):
         fork = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
         rows, window = [], []
+        world = distributed.world_size()
+        if bs < world:
+            raise ValueError(f"batch_size: the global batch of {bs} pairs is smaller than the {world} ranks it is "
+                             "split across; use a batch of at least one pair a rank")
+        lo, hi = distributed.shard_bounds(bs)
         t0 = time.time()
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(int(self.seed))
@@ -576,22 +601,28 @@ class CLIPRefine(Estimator):
             step, seen, epoch, lr = 0, 0, 0, float("nan")
             # the weights of the last row of history_, to come back to if the loss diverges
             snapshot, snapshot_step, diverged = trainable_snapshot(student), 0, None
-            bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step", disable=not self.progress)
+            bar = tqdm(total=total, desc=f"refine ({self.method})", unit="step",
+                       disable=not (self.progress and distributed.is_main()))
             try:
                 for epoch in range(0 if stop else self.epochs_):
                     order = rng.permutation(n)
                     batches = [order[b * bs:(b + 1) * bs] for b in range(per_epoch)]
-                    for idx, (kept, pixels) in zip(batches, pixel_batches(clip, kind, items, batches,
-                                                                          dtype=torch.float32)):
+                    # under torchrun each rank loads its share of every global batch
+                    shares = [b[lo:hi] for b in batches]
+                    loaded = pixel_batches(clip, kind, items, shares, dtype=work)
+                    for idx, share, (kept, pixels) in zip(batches, shares, loaded):
                         if step >= total:
                             break
-                        captions = train.sample_captions(idx, rng)
-                        if len(kept) < len(idx):
-                            unread.extend(items[idx[j]] for j in np.setdiff1d(np.arange(len(idx)), kept))
+                        captions = train.sample_captions(idx, rng)[lo:hi]
+                        if len(kept) < len(share):
+                            unread.extend(items[share[j]] for j in np.setdiff1d(np.arange(len(share)), kept))
                             captions = [captions[j] for j in kept]
-                            if len(kept) < 2:
-                                bar.update(1)
-                                continue
+                        n_kept = len(captions) if world == 1 else int(distributed.sum_value(len(captions)))
+                        if n_kept < 2:
+                            bar.update(1)
+                            continue
+                        if pixels is None:
+                            pixels = torch.empty(0, 3, *clip.image_size, dtype=work)
                         pixels = pixels.to(device)
                         tokens = clip.tokenize(captions).to(device)
                         lr = learning_rate_at(step, total, self.lr_, self.warmup_, self.schedule_)
@@ -608,18 +639,20 @@ class CLIPRefine(Estimator):
                             stop = True
                             break
                         opt.zero_grad(set_to_none=True)
+                        loss = terms["loss"] if scaler is None else scaler.scale(terms["loss"])
+                        if loss.requires_grad:  # not on a rank whose share of the batch is empty
+                            loss.backward()
+                        distributed.sum_gradients(params)
                         if scaler is None:
-                            terms["loss"].backward()
                             opt.step()
                         else:
-                            scaler.scale(terms["loss"]).backward()
                             scaler.step(opt)
                             scaler.update()
                         if "contrastive" in self.terms_:
                             with torch.no_grad():
                                 student.logit_scale.clamp_(0, math.log(100))
                         step += 1
-                        seen += len(captions)
+                        seen += n_kept
                         values = {k: float(v.detach()) for k, v in terms.items()}
                         window.append(values)
                         bar.update(1)
@@ -656,7 +689,7 @@ class CLIPRefine(Estimator):
         student.eval()
         student.requires_grad_(False)
         self.n_steps_ = snapshot_step if diverged is not None else step
-        unread = list(dict.fromkeys(unread))
+        unread = list(dict.fromkeys(p for share in distributed.all_gather_objects(unread) for p in share))
         warn_unreadable(unread, len(train), "CLIPRefine.fit",
                         "; their pairs were left out of every batch that drew them", stacklevel=2)
         self.skipped_files_ = held_unread + unread

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..embed import (
     PRECISIONS,
     autocast_for,
@@ -701,44 +702,59 @@ class ReCLIP(Estimator):
         t_model.eval()
         batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
         batches = [sel for sel in (idx[agree_cpu[idx]] for idx in batches) if len(sel)]
-        loaded = pixel_batches(self.clip, kind, items, batches)
-        for sel, (_, x) in tqdm(zip(batches, loaded), total=len(batches), desc=f"epoch {epoch}: training",
-                                disable=not show, leave=False):
+        # under torchrun each rank trains on its share of every global batch; the
+        # losses are sums over the share divided by the global batch, and the
+        # gradients are summed over the ranks: one process's mean-loss step
+        shares = [sel[slice(*distributed.shard_bounds(len(sel)))] for sel in batches]
+        loaded = pixel_batches(self.clip, kind, items, shares)
+        v_params = [p for p in v_model.parameters() if p.requires_grad]
+        t_params = [p for p in t_model.parameters() if p.requires_grad]
+        for sel, share, (_, x) in tqdm(zip(batches, shares, loaded), total=len(batches),
+                                       desc=f"epoch {epoch}: training", disable=not show, leave=False):
             trained += len(sel)
-            sel_dev = sel.to(f0.device)
-            # ReCLIP-V: its image encoder against the centroid classifier
+            share_dev = share.to(f0.device)
             with torch.enable_grad():
-                with self._autocast():
-                    feat = v_model.encode_image(x)
-                logits = scale * F.normalize(feat.float(), dim=-1) @ centroids.T
-                loss_v = F.cross_entropy(logits, v_pl[sel_dev])
+                # ReCLIP-V: its image encoder against the centroid classifier
                 opt_v.zero_grad(set_to_none=True)
-                self._step(loss_v, opt_v, scaler)
+                loss_v = torch.zeros((), device=f0.device)
+                if len(share):
+                    with self._autocast():
+                        feat = v_model.encode_image(x)
+                    logits = scale * F.normalize(feat.float(), dim=-1) @ centroids.T
+                    loss_v = F.cross_entropy(logits, v_pl[share_dev], reduction="sum") / len(sel)
+                    self._backward(loss_v, scaler)
+                distributed.sum_gradients(v_params)
+                self._optimizer_step(opt_v, scaler)
                 # ReCLIP-T: the frozen image features against the re-encoded first template
+                opt_t.zero_grad(set_to_none=True)
                 with self._autocast():
                     te = t_model.encode_text(tok_first)
                 te = F.normalize(te.float(), dim=-1)
-                logits = scale * f0[sel_dev] @ te.T
-                loss_t = F.cross_entropy(logits, t_pl[sel_dev])
-                opt_t.zero_grad(set_to_none=True)
-                self._step(loss_t, opt_t, scaler)
+                logits = scale * f0[share_dev] @ te.T
+                loss_t = F.cross_entropy(logits, t_pl[share_dev], reduction="sum") / len(sel)
+                self._backward(loss_t, scaler)
+                distributed.sum_gradients(t_params)
+                self._optimizer_step(opt_t, scaler)
+            loss_v, loss_t = distributed.sum_value(loss_v.item()), distributed.sum_value(loss_t.item())
             for name, loss in (("ReCLIP-V's loss", loss_v), ("ReCLIP-T's loss", loss_t)):
-                if not torch.isfinite(loss):
-                    return {"diverged": f"{name} became {float(loss.detach())}", "trained": trained}
-            losses_v.append(loss_v.item() * len(sel))
-            losses_t.append(loss_t.item() * len(sel))
+                if not math.isfinite(loss):
+                    return {"diverged": f"{name} became {loss}", "trained": trained}
+            losses_v.append(loss_v * len(sel))
+            losses_t.append(loss_t * len(sel))
         nan = float("nan")
         return {"loss_v": sum(losses_v) / trained if trained else nan,
                 "loss_t": sum(losses_t) / trained if trained else nan, "trained": trained}
 
     @staticmethod
-    def _step(loss, opt, scaler):
+    def _backward(loss, scaler):
+        (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
+
+    @staticmethod
+    def _optimizer_step(opt, scaler):
         if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
         else:
-            loss.backward()
             opt.step()
 
     # -- predict ---------------------------------------------------------
