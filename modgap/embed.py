@@ -623,6 +623,6 @@ def encode_texts(clip, texts, batch_size: int = 256, normalize: bool = True, pro
     warn_cut(texts, cut, context, "encode_texts")
     if normalize:
         emb = F.normalize(emb, dim=-1)
-    if cache is not None:
+    if cache is not None and distributed.is_main():
         cache.put(key, emb.cpu().numpy(), cut)
     return emb

@@ -69,6 +69,10 @@ def test_distributed_embedding_equals_one_process_row_for_row(two_ranks, one_ran
     # 36 files: the corrupt one is left out on the rank that holds it, and the rows stay in order
     assert got["files"].shape == want["files"].shape == (36, 128)
     torch.testing.assert_close(got["files"], want["files"], rtol=0, atol=1e-6)
+    # through the cache: written once by rank 0, read back the same on every rank
+    assert got["cache_files"] >= 1
+    assert torch.equal(got["warm"], got["cold"])
+    torch.testing.assert_close(got["cold"], want["uint8"], rtol=0, atol=1e-6)
 
 
 def test_distributed_clip_refine_gives_one_process_weights(two_ranks, one_rank):

@@ -56,7 +56,14 @@ def embed_job(clip, folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the corrupt file's warning; tests check it elsewhere
         files = clip.encode_images(image_files(folder), batch_size=8, progress=False)
-    return {"uint8": uint8, "files": files}
+    # the on-disk cache: rank 0 writes it, and every rank then reads it (or none does)
+    cache = os.path.join(folder, "cache")
+    images = data.load("shapes", n=37, seed=3).images
+    cold = clip.encode_images(images, batch_size=8, progress=False, cache_dir=cache)
+    distributed.barrier()
+    warm = clip.encode_images(images, batch_size=8, progress=False, cache_dir=cache)
+    return {"uint8": uint8, "files": files, "cold": cold, "warm": warm,
+            "cache_files": len(os.listdir(cache)) if os.path.isdir(cache) else 0}
 
 
 def refine_job(clip):
