@@ -444,7 +444,8 @@ def _cmd_reclip(args) -> int:
         raise CommandLineError(f"{given} must be smaller than the number of graph nodes (images + classes = "
                                f"{len(ds)} + {len(ds.classnames)}); lower --k or give more images "
                                "(--n of a named set)")
-    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_confident_agreement")
+    params = _passed(args, "epochs", "batch_size", "lr_visual", "lr_text", "k", "min_confident_agreement",
+                     "precision")
     # a command-line job shows its progress whatever its size
     est = run_reclip(_load(args), ds, seed=args.seed, out=args.out, overwrite=args.overwrite, progress=True,
                      **params)
@@ -471,7 +472,7 @@ def _cmd_refine(args) -> int:
         raise CommandLineError(f"{given} keeps {kept} of the {len(pairs)} pairs for measuring, leaving fewer "
                                "than 2 to train on; lower --holdout (0 measures nothing) or give more pairs "
                                "(--n of a named set)")
-    params = _passed(args, "epochs", "steps", "lr", "batch_size", "holdout")
+    params = _passed(args, "epochs", "steps", "lr", "batch_size", "holdout", "precision")
     est = run_refine(_load(args), pairs, method=args.method, seed=args.seed, out=args.out,
                      overwrite=args.overwrite, progress=True, **params)
     print(est.history_.tail(5).to_string(index=False))
@@ -503,6 +504,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from modgap.adapt import CLIPRefine, ReCLIP
     from modgap.adapt.clip_refine import METHODS
+    from modgap.embed import PRECISIONS
 
     ap = _Parser(
         prog="modgap", description="See, measure and close the modality gap of CLIP models.",
@@ -579,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapt only where label propagation keeps at least this share of the zero-shot labels of "
                         "the most confident images, 0 to 1 (default: "
                         f"{_default(ReCLIP, 'min_confident_agreement')}; 0 always adapts)")
+    r.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="arithmetic of every pass in open_clip's words (default: bf16 autocast on a GPU, "
+                        "fp32 on the CPU)")
     r.add_argument("--out", required=True, metavar="DIR", help="folder to write the adapted models to")
     r.add_argument("--overwrite", action="store_true", help="replace a folder an earlier run wrote")
 
@@ -598,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=_holdout, default=None,
                    help="pairs set aside to measure the gap as training goes: a count or a fraction "
                         f"(default: {_default(CLIPRefine, 'holdout')}; 0 measures nothing)")
+    f.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="training arithmetic in open_clip's words (default: fp32, the reference's; amp_bf16 "
+                        "takes about half the activation memory on a GPU)")
     f.add_argument("--out", required=True, metavar="DIR", help="folder to write the refined model to")
     f.add_argument("--overwrite", action="store_true", help="replace a folder an earlier run wrote")
 

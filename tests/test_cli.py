@@ -103,3 +103,15 @@ def test_python_dash_m_modgap_runs_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "modgap", "no-such-command"], capture_output=True, text=True,
                          timeout=120, check=False)
     assert bad.returncode == 2 and "no-such-command" in bad.stderr
+
+
+def test_precision_and_count_flags_reach_the_estimator(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert cli.main(["refine", "--pairs", "shapes-pairs", "--count", "200", "--holdout", "20", "--steps", "2",
+                     "--batch-size", "32",
+                     "--precision", "amp_bf16", "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "estimator.json").read_text())
+    assert meta["params"]["precision"] == "amp_bf16"
+    assert cli.main(["refine", "--pairs", "shapes-pairs", "--precision", "half", "--out",
+                     str(tmp_path / "x")]) == 2
+    assert "--precision" in capsys.readouterr().err
