@@ -708,3 +708,27 @@ def test_precision_fp32_and_amp_bf16_on_cpu(clip, target):
     assert np.isfinite(bf16.history_["loss_v"].to_numpy()[1:]).all()
     with pytest.raises(ValueError, match="precision"):
         make(clip, target, precision="half").fit(target)
+
+
+def test_knn_index_reaches_label_propagation(clip, target, monkeypatch):
+    import modgap.adapt.reclip as reclip_mod
+
+    seen = []
+    real = reclip_mod.propagate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("index"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reclip_mod, "propagate", spy)
+    exact = make(clip, target, epochs=1, knn_index="exact").fit(target, labels=target.labels)
+    assert seen and set(seen) == {"exact"}
+    pytest.importorskip("faiss")
+    seen.clear()
+    approx = make(clip, target, epochs=1, knn_index="faiss").fit(target, labels=target.labels)
+    assert set(seen) == {"faiss"}
+    # 48 images: the approximate index finds nearly the same neighbours (the random micro
+    # model has near ties), so the fit moves by at most two images
+    np.testing.assert_allclose(approx.history_["acc"].to_numpy(), exact.history_["acc"].to_numpy(), atol=2.5 / 48)
+    with pytest.raises(ValueError, match="knn_index"):
+        make(clip, target, knn_index="annoy").fit(target)
