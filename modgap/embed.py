@@ -64,6 +64,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PROGRESS_MIN = 2048
 # in-memory images are resized once per fit when the result takes at most this much
 PREPARED_MAX_BYTES = 4 * 2 ** 30
+# pieces of work a DataLoader worker gets in a pass at least, so that none idles
+DECODE_UNITS = 4
 
 
 def pixels_to_tensor(images: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, device="cpu") -> torch.Tensor:
@@ -409,14 +411,29 @@ def pixel_batches(clip, kind: str, items, batches, *, dtype=None, workers: int |
             yield kept, pixels
         return
     cuda = clip.device.type == "cuda"
+    # with few batches, workers decode pieces of a batch: a worker holding a whole one
+    # would leave the others idle; with many, whole batches cost the least to pass around
+    split = -(-DECODE_UNITS * workers // len(batches))
+    pieces, owner = [], []
+    for i, b in enumerate(batches):
+        step = max(1, -(-len(b) // split))
+        for s in range(0, len(b), step):
+            pieces.append(b[s:s + step].tolist())
+            owner.append(i)
     loader = torch.utils.data.DataLoader(
-        _Decoded(kind, items, clip.preprocess), batch_sampler=[b.tolist() for b in batches],
-        collate_fn=_collate_decoded, num_workers=min(workers, len(batches)), pin_memory=cuda,
-        prefetch_factor=4, persistent_workers=False)
-    for kept, pixels in loader:
-        if pixels is not None:
-            pixels = pixels.to(clip.device, dtype, non_blocking=cuda)
-        yield kept, pixels
+        _Decoded(kind, items, clip.preprocess), batch_sampler=pieces, collate_fn=_collate_decoded,
+        num_workers=min(workers, len(pieces)), pin_memory=cuda, prefetch_factor=4, persistent_workers=False)
+    loaded = iter(loader)
+    for i, b in enumerate(batches):
+        kept, xs, offset = [], [], 0
+        for piece in (p for p, o in zip(pieces, owner) if o == i):
+            k, x = next(loaded)
+            kept.append(offset + k)
+            offset += len(piece)
+            if x is not None:
+                xs.append(x)
+        pixels = torch.cat(xs).to(clip.device, dtype, non_blocking=cuda) if xs else None
+        yield (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), pixels
 
 
 def image_batches(clip, kind: str, items, batch_size: int, skipped: list | None = None,
