@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{_default(ReCLIP, 'min_confident_agreement')}; 0 always adapts)")
     r.add_argument("--precision", default=None, choices=list(PRECISIONS),
                    help="arithmetic of every pass in open_clip's words (default: bf16 autocast on a GPU, "
-                        "fp32 on the CPU)")
+                        "fp16 with loss scaling where it has no bf16, fp32 on the CPU)")
     r.add_argument("--out", required=True, metavar="DIR", help="folder to write the adapted models to")
     r.add_argument("--overwrite", action="store_true", help="replace a folder an earlier run wrote")
 

@@ -37,6 +37,8 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_objects",
     "barrier",
+    "broadcast_",
+    "broadcast_object",
     "gather_rows",
     "gather_with_grad",
     "init_from_env",
@@ -75,10 +77,12 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
     """Initialise the process group that ``torchrun`` describes in the
     environment (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``, ...), once;
     ``backend`` defaults to NCCL where CUDA is available, else gloo, and
-    each rank takes the GPU of its ``LOCAL_RANK``. Returns whether modgap
-    runs distributed; a ``WORLD_SIZE`` of 1 or none initialises nothing."""
+    each rank takes the GPU of its ``LOCAL_RANK``. Returns whether this call
+    started the group (so that its caller, and only it, ends it with
+    :func:`shutdown`); a ``WORLD_SIZE`` of 1 or none, or a group already
+    there, starts nothing (:func:`is_distributed` says whether one runs)."""
     if dist.is_available() and dist.is_initialized():
-        return is_distributed()
+        return False
     size = os.environ.get("WORLD_SIZE")
     if size is None or int(size) <= 1:
         return False
@@ -174,6 +178,27 @@ def sum_value(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return float(t)
+
+
+def broadcast_(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``x``, written into ``x`` on every rank (a computation
+    repeated on every rank need not give the same bits on a GPU: atomic
+    adds, for one, sum in any order)."""
+    if not is_distributed():
+        return x
+    buf = x.detach().to(_comm_device())
+    dist.broadcast(buf, src=0)
+    x.copy_(buf.to(x.device))
+    return x
+
+
+def broadcast_object(obj):
+    """Rank 0's picklable ``obj`` on every rank (``obj`` alone)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_gather_objects(obj) -> list:

@@ -69,13 +69,14 @@ DECODE_UNITS = 4
 
 
 def pixels_to_tensor(images: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD, device="cpu") -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` -> normalised float ``[N, 3, H, W]``.
+    """uint8 ``[N, H, W, 3]`` (an array or a tensor) -> normalised float ``[N, 3, H, W]``.
 
     The same numbers as open_clip's eval transform (``ToTensor`` then
     ``Normalize``) when the images already have the model's input size, for
     which ``Resize`` and ``CenterCrop`` are the identity.
     """
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = x.to(device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -267,6 +268,8 @@ def pixels_at(clip, kind: str, items, idx, *, dtype=None) -> tuple[torch.Tensor 
     idx = np.asarray(idx.tolist() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
     dtype = image_dtype(clip.model) if dtype is None else dtype
     kept = np.arange(len(idx))
+    if not len(idx):  # an empty share of a batch under torchrun
+        return None, kept
     if kind == "tensor":
         check_tensor_size(clip, items)
         sel = torch.as_tensor(idx, dtype=torch.long, device=items.device)
@@ -291,9 +294,10 @@ def pixels_at(clip, kind: str, items, idx, *, dtype=None) -> tuple[torch.Tensor 
 
 def default_workers() -> int:
     """DataLoader worker processes that decode and transform image files:
-    ``MODGAP_NUM_WORKERS`` where set, else the CPUs this process may use, at
-    most 8 (decoding is the slow part on a small model, so each core
-    decodes; the model's own threads take turns with them)."""
+    ``MODGAP_NUM_WORKERS`` where set, else the CPUs this process may use
+    (shared among torchrun's processes on the machine), at most 8 (decoding
+    is the slow part on a small model, so each core decodes; the model's own
+    threads take turns with them)."""
     env = os.environ.get("MODGAP_NUM_WORKERS")
     if env is not None and env.strip():
         try:
@@ -304,6 +308,8 @@ def default_workers() -> int:
             raise ValueError(f"MODGAP_NUM_WORKERS must be a non-negative integer, got {env!r}")
         return n
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # torchrun's processes on one machine share its cores
+    cpus //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(8, cpus))
 
 
@@ -368,11 +374,13 @@ def prepare_images(clip, kind: str, items) -> tuple[str, object]:
 
 class _Decoded(torch.utils.data.Dataset):
     """Files (or PIL images) decoded and transformed in a worker: each item
-    is ``(position, tensor)``, the tensor ``None`` when the file does not
-    decode."""
+    is ``(position, pixels)``, ``None`` when a file does not decode. With a
+    ``stage`` (:func:`pil_stage`) the pixels are the uint8 ``[H, W, 3]`` it
+    gives, a quarter of the floats' bytes between the processes, and
+    :func:`pixels_to_tensor` finishes them; else the transform's tensor."""
 
-    def __init__(self, kind, items, preprocess):
-        self.kind, self.items, self.preprocess = kind, items, preprocess
+    def __init__(self, kind, items, preprocess, stage):
+        self.kind, self.items, self.preprocess, self.stage = kind, items, preprocess, stage
 
     def __len__(self):
         return len(self.items)
@@ -380,10 +388,15 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from .data.files import read_image
 
-        try:
-            im = read_image(self.items[i]) if self.kind == "paths" else self.items[i].convert("RGB")
-        except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
-            return i, None
+        if self.kind == "paths":
+            try:
+                im = read_image(self.items[i])
+            except Exception:  # noqa: BLE001 - any decoder error means the file is unusable
+                return i, None
+        else:
+            im = self.items[i].convert("RGB")
+        if self.stage is not None:
+            return i, torch.from_numpy(np.array(self.stage(im), dtype=np.uint8))
         return i, self.preprocess(im)
 
 
@@ -393,46 +406,83 @@ def _collate_decoded(batch):
     return kept, (torch.stack(xs) if xs else None)
 
 
+def _shm_too_small(need: int) -> bool:
+    """Whether ``/dev/shm``, where DataLoader workers hand over their
+    batches, has less than ``need`` bytes free (containers often give it
+    64 MB)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage("/dev/shm").free < need
+    except OSError:
+        return False
+
+
+_warned_shm = False
+
+
 def pixel_batches(clip, kind: str, items, batches, *, dtype=None, workers: int | None = None,
                   ) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
     """``(kept, pixels)`` for each array of positions in ``batches``, in
-    order, as :func:`pixels_at` gives them; files and PIL images are
-    decoded and transformed ahead in DataLoader worker processes
-    (``workers``, default :func:`workers_for`) with pinned memory on CUDA
-    and copied without blocking, so the device does not wait for the CPU.
-    The same numbers as :func:`pixels_at`, batch for batch."""
+    order, as :func:`pixels_at` gives them (the same numbers, batch for
+    batch). Files and PIL images are decoded and transformed ahead in
+    DataLoader worker processes (``workers``, default :func:`workers_for`),
+    handed over as uint8 where the transform allows (:func:`pil_stage`),
+    pinned on CUDA and copied without blocking, so the device does not wait
+    for the CPU. A single batch, or ``workers=0``, is decoded in this
+    process; so is everything when ``/dev/shm`` has too little room for the
+    workers' batches (with a warning)."""
+    global _warned_shm
     batches = [np.asarray(b.tolist() if isinstance(b, torch.Tensor) else b, dtype=np.int64).reshape(-1)
                for b in batches]
     dtype = image_dtype(clip.model) if dtype is None else dtype
     workers = workers_for(clip) if workers is None else int(workers)
-    if kind not in ("paths", "pil") or workers == 0 or len(batches) < 2:
+    stage = pil_stage(clip.preprocess)
+    h, w = clip.image_size
+    if workers and kind in ("paths", "pil") and len(batches) >= 2:
+        need = 4 * workers * max(len(b) for b in batches) * h * w * 3 * (1 if stage is not None else 4)
+        if _shm_too_small(need):
+            if not _warned_shm:
+                warnings.warn(f"/dev/shm has less than the {need / 2**20:.0f} MB the {workers} DataLoader workers "
+                              "need to hand over their images: decoding in this process instead (slower); give "
+                              "the container more shared memory (docker run --shm-size 2g) or set "
+                              "MODGAP_NUM_WORKERS=0 to silence this", RuntimeWarning, stacklevel=3)
+                _warned_shm = True
+            workers = 0
+    pieces, counts = [], []
+    if workers and kind in ("paths", "pil") and len(batches) >= 2:
+        # with few batches, workers decode pieces of a batch: a worker holding a whole one
+        # would leave the others idle; with many, whole batches cost the least to pass around
+        split = -(-DECODE_UNITS * workers // len(batches))
+        for b in batches:
+            step = max(1, -(-len(b) // split))
+            cut = [b[s:s + step].tolist() for s in range(0, len(b), step)]
+            pieces.extend(cut)
+            counts.append(len(cut))
+    if not pieces:
         for idx in batches:
             pixels, kept = pixels_at(clip, kind, items, idx, dtype=dtype)
             yield kept, pixels
         return
     cuda = clip.device.type == "cuda"
-    # with few batches, workers decode pieces of a batch: a worker holding a whole one
-    # would leave the others idle; with many, whole batches cost the least to pass around
-    split = -(-DECODE_UNITS * workers // len(batches))
-    pieces, owner = [], []
-    for i, b in enumerate(batches):
-        step = max(1, -(-len(b) // split))
-        for s in range(0, len(b), step):
-            pieces.append(b[s:s + step].tolist())
-            owner.append(i)
+    stats = normalize_stats(clip.preprocess) if stage is not None else None
     loader = torch.utils.data.DataLoader(
-        _Decoded(kind, items, clip.preprocess), batch_sampler=pieces, collate_fn=_collate_decoded,
-        num_workers=min(workers, len(pieces)), pin_memory=cuda, prefetch_factor=4, persistent_workers=False)
-    loaded = iter(loader)
-    for i, b in enumerate(batches):
+        _Decoded(kind, items, clip.preprocess, stage), batch_sampler=pieces, collate_fn=_collate_decoded,
+        num_workers=min(workers, len(pieces)), pin_memory=cuda, prefetch_factor=2, persistent_workers=False)
+    loaded, sizes = iter(loader), iter(len(piece) for piece in pieces)
+    for count in counts:
         kept, xs, offset = [], [], 0
-        for piece in (p for p, o in zip(pieces, owner) if o == i):
+        for _ in range(count):
             k, x = next(loaded)
             kept.append(offset + k)
-            offset += len(piece)
+            offset += next(sizes)
             if x is not None:
                 xs.append(x)
-        pixels = torch.cat(xs).to(clip.device, dtype, non_blocking=cuda) if xs else None
+        pixels = None
+        if xs:
+            x = xs[0] if len(xs) == 1 else torch.cat(xs)  # one piece stays in its pinned memory
+            x = x.to(clip.device, non_blocking=cuda)
+            pixels = (pixels_to_tensor(x, *stats, device=clip.device) if stage is not None else x).to(dtype)
         yield (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), pixels
 
 

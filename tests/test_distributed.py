@@ -115,6 +115,9 @@ def test_without_a_process_group_everything_is_one_process():
     assert distributed.all_gather_objects("a") == ["a"]
     assert distributed.sum_value(2.5) == 2.5
     assert not distributed.init_from_env() or os.environ.get("WORLD_SIZE") not in (None, "1")
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    y = torch.ones(2)
+    assert distributed.broadcast_(y) is y
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 37])

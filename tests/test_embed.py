@@ -339,3 +339,15 @@ def test_worker_count_comes_from_the_machine_or_the_environment(monkeypatch, cli
         embed.default_workers()
     with pytest.raises(ValueError, match="num_workers"):
         Clip(clip.model, clip.preprocess, clip.tokenizer, num_workers=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_empty_shares_of_a_batch_give_no_pixels(clip, tmp_path, workers):
+    rng = np.random.default_rng(3)
+    arrays = rng.integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    paths = save_pngs(arrays, tmp_path / "e")
+    for kind, items in (("paths", paths), ("pil", as_pil(arrays)), ("uint8", arrays)):
+        batches = [np.array([], dtype=np.int64), np.array([2, 0]), np.array([], dtype=np.int64)]
+        out = list(embed.pixel_batches(clip, kind, items, batches, workers=workers))
+        assert [len(k) for k, _ in out] == [0, 2, 0]
+        assert out[0][1] is None and out[2][1] is None and out[1][1].shape[0] == 2

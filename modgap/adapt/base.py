@@ -121,11 +121,15 @@ class Estimator(BaseEstimator):
         self.history_ = pd.DataFrame(rows)
         if self.callback is None:
             return True
+        from .. import distributed
+
         self._models_in_training = models
         try:
-            return self.callback(self, dict(row)) is not False
+            go_on = self.callback(self, dict(row)) is not False
         finally:
             self._models_in_training = None
+        # under torchrun every rank runs the callback; rank 0's answer holds for all
+        return distributed.broadcast_object(go_on)
 
     def to_clip(self, model: str | None = None):
         """A trained model as a :class:`modgap.Clip` (the default model, or
@@ -160,6 +164,9 @@ class Estimator(BaseEstimator):
         ``clip=`` reads them). The folder is written beside ``path`` and renamed into
         place; an existing folder is replaced only with ``overwrite=True``
         and only if an estimator wrote it.
+
+        Under torchrun (:mod:`modgap.distributed`) every rank calls it, rank
+        0 writes and the others wait for it: do not call it on rank 0 alone.
         """
         import json
 

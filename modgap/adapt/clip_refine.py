@@ -258,12 +258,15 @@ class RefineObjective(torch.nn.Module):
         # kept outside the module tree, so that .parameters() and
         # .state_dict() hold the student only
         self.__dict__["teacher"] = teacher
+        proj = getattr(student, "text_projection", None)
+        # the width of the features, for a rank whose share of a batch is empty
+        self._dim = int(proj.shape[-1]) if isinstance(proj, torch.Tensor) else int(student.visual.output_dim)
 
     def _encode(self, encoder, x: torch.Tensor) -> torch.Tensor:
         # a rank's share of a global batch may be empty; the encoders refuse zero rows
         if x.shape[0] == 0:
             dtype = next(self.student.parameters()).dtype
-            return torch.zeros(0, int(self.student.visual.output_dim), device=x.device, dtype=dtype)
+            return torch.zeros(0, self._dim, device=x.device, dtype=dtype)
         return encoder(x)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None):
@@ -672,6 +675,7 @@ class CLIPRefine(Estimator):
                                 stop = True
                                 break
                             snapshot, snapshot_step = trainable_snapshot(student), step
+                    loaded.close()  # its workers and their prefetched batches go now
                     if stop:
                         break
             finally:

@@ -250,11 +250,13 @@ class ReCLIP(Estimator):
     precision : {"fp32", "amp", "amp_bf16", "amp_fp16"} or None
         open_clip's names for the arithmetic of every pass: ``"fp32"``
         throughout, or autocast to bf16 or fp16 (``"amp"`` is fp16 on CUDA,
-        bf16 on CPU) with the weights, the optimiser state and the label
-        propagation in fp32, and the loss scaled under fp16 on CUDA. The
+        bf16 on CPU) with the optimiser state and the label propagation in
+        fp32, and the loss scaled under fp16 on CUDA. The
         low-precision passes take about half the activation memory and run
         on the GPU's tensor cores; their features differ from fp32 in the
         third significant digit, so pseudo labels near a tie can change.
+        The trained copies keep the dtype the model was loaded in (fp32
+        unless ``load_model(..., precision=...)`` said otherwise).
         ``None`` follows ``amp``.
     callback : callable, optional
         ``callback(estimator, row)`` after every evaluation, with that
@@ -586,6 +588,10 @@ class ReCLIP(Estimator):
             centroids_new = lp_v_new.centroids(torch.cat([text0, fv_new]), fallback=text0)
             lp_t_new = self._propagate(f0, t_all_new)
             v_pl_new, t_pl_new = lp_v_new.image_labels.to(device), lp_t_new.image_labels.to(device)
+            # every rank propagated the same embeddings; rank 0's labels hold for all (a GPU's
+            # sparse sums need not give the same bits twice, and the ranks must agree)
+            for t in (v_pl_new, t_pl_new, centroids_new):
+                distributed.broadcast_(t)
             agree = v_pl_new == t_pl_new
             logits_v_new = scale * fv_new @ centroids_new.T
             logits_t_new = scale * f0 @ t_first_new.T
@@ -726,13 +732,15 @@ class ReCLIP(Estimator):
             with torch.enable_grad():
                 # ReCLIP-V: its image encoder against the centroid classifier
                 opt_v.zero_grad(set_to_none=True)
-                loss_v = torch.zeros((), device=f0.device)
                 if len(share):
                     with self._autocast():
                         feat = v_model.encode_image(x)
                     logits = scale * F.normalize(feat.float(), dim=-1) @ centroids.T
                     loss_v = F.cross_entropy(logits, v_pl[share_dev], reduction="sum") / len(sel)
-                    self._backward(loss_v, scaler)
+                else:
+                    # an empty share still steps with the others: a zero loss on the trained weights
+                    loss_v = sum(p.sum() for p in v_params) * 0.0
+                self._backward(loss_v, scaler)
                 distributed.sum_gradients(v_params)
                 self._optimizer_step(opt_v, scaler)
                 # ReCLIP-T: the frozen image features against the re-encoded first template

@@ -91,7 +91,8 @@ def reclip_job(clip):
 def main(argv):
     out = argv[0]
     fail_rank = int(argv[argv.index("--fail-rank") + 1]) if "--fail-rank" in argv else None
-    assert distributed.init_from_env(), "run me under torchrun with more than one process"
+    distributed.init_from_env()
+    assert distributed.is_distributed(), "run me under torchrun with more than one process"
     if fail_rank is not None:
         if distributed.rank() == fail_rank:
             raise RuntimeError(f"rank {fail_rank} fails on purpose")
