@@ -825,6 +825,15 @@ def retrieval_recall(image_emb, text_emb, k=(1, 5, 10), text_to_image=None) -> d
     of it), so collapsed embeddings never score well. The similarity matrix
     is computed in blocks, so large sets fit in memory.
 
+    Texts that repeat verbatim embed identically, so they tie: an image
+    whose caption also belongs to other images finds those first under this
+    rule, and the figure is decided by how ties are counted (in the
+    generated world most captions occur more than once). CLIP_benchmark
+    (``zeroshot_retrieval.evaluate``) breaks ties by position instead; with
+    unique texts the two give the same recall (a test checks it), with
+    repeated ones modgap's is the lower, the one that cannot reward
+    collapse.
+
     References
     ----------
     Karpathy, Fei-Fei, "Deep Visual-Semantic Alignments for Generating Image

@@ -1,11 +1,14 @@
 """Image sets and image-caption pair sets: the generated world, the packaged
-real digits, and loaders for a user's own folders and caption files."""
+real digits, standard benchmarks by name, and loaders for a user's own
+folders and caption files."""
+from .benchmarks import BENCHMARKS, load_benchmark
 from .containers import DEFAULT_TEMPLATES, ImageSet, PairSet
 from .files import from_captions, from_coco, from_folder, read_image
 from .render import COLORS, DOMAINS
 from .sets import available, load, world_pairs
 
 __all__ = [
+    "BENCHMARKS",
     "COLORS",
     "DEFAULT_TEMPLATES",
     "DOMAINS",
@@ -16,6 +19,7 @@ __all__ = [
     "from_coco",
     "from_folder",
     "load",
+    "load_benchmark",
     "read_image",
     "world_pairs",
 ]

@@ -58,14 +58,24 @@ def _check(name, split, domain, task, tasks, domains):
 
 
 def load(name: str, split: str = "test", n: int | None = None, seed: int = 0,
-         domain: str | None = None, task: str | None = None, image_size: int = 32):
+         domain: str | None = None, task: str | None = None, image_size: int = 32, *, root=None,
+         download: bool = False):
     """Load a named set as an :class:`ImageSet` (or a :class:`PairSet` for
     the ``*-pairs`` names).
 
     Parameters
     ----------
     name : str
-        One of ``available().name``.
+        One of ``available().name``, or a standard set of
+        :data:`modgap.data.benchmarks.BENCHMARKS` (CLIP_benchmark's names:
+        ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ...) read from ``root``
+        (see :func:`modgap.data.benchmarks.load_benchmark`). ``"mnist"``
+        without ``root`` is the packaged 5,000-image sample; with ``root``,
+        the full set in torchvision's layout.
+    root : path, optional
+        Where a standard set's files are.
+    download : bool
+        Let torchvision fetch a standard set into ``root`` (never by default).
     split : {"train", "test"}
         The generated sets draw their scenes from disjoint random streams per
         split, so test images are never training images.
@@ -81,7 +91,12 @@ def load(name: str, split: str = "test", n: int | None = None, seed: int = 0,
         Which attribute the labels name: ``"shape"`` (default) or ``"color"``
         for shapes, ``"digit"`` for the digit sets.
     """
+    from .benchmarks import BENCHMARKS, load_benchmark
+
     names = [r[0] for r in _INFO]
+    if name in BENCHMARKS and (root is not None or download or name not in names):
+        return load_benchmark(name, root, split=split, download=download, n=n, seed=seed)
+    names += sorted(set(BENCHMARKS) - set(names))
     if name not in names:
         import difflib
 
