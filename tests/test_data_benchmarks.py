@@ -176,3 +176,23 @@ def test_every_name_has_a_torchvision_reader_and_a_layout():
     for name, spec in benchmarks.BENCHMARKS.items():
         assert hasattr(tvd, spec.torchvision_class), name
         assert "ROOT/" in spec.layout and "test" in spec.splits
+
+
+def test_stl10_from_its_binaries(tmp_path, monkeypatch):
+    from torchvision.datasets import stl10
+
+    monkeypatch.setitem(sys.modules, "clip_benchmark", None)
+    monkeypatch.setattr(stl10.STL10, "_check_integrity", lambda self: True)  # the real files' MD5
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    images = rng.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 5)
+    images.transpose(0, 3, 2, 1).tofile(folder / "test_X.bin")  # column-major channel planes, as STL-10 stores
+    (labels + 1).astype(np.uint8).tofile(folder / "test_y.bin")  # 1-based on disk
+    names = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    (folder / "class_names.txt").write_text("\n".join(names) + "\n")
+    ds = data.load("stl10", root=tmp_path)
+    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert list(ds.classnames) == names
